@@ -1,0 +1,58 @@
+//! `--device auto|cpu|cuda|cuda:N`, shared by every command.
+
+use anyhow::{Result, bail};
+use tch::Device;
+
+/// Parses a `--device` value. `auto` picks CUDA device 0 when libtorch sees a GPU, else the CPU.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    match spec.as_str() {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => cuda(0),
+        s if s.starts_with("cuda:") => match s[5..].parse::<usize>() {
+            Ok(i) => cuda(i),
+            Err(_) => bail!("--device {spec:?}: the GPU index after 'cuda:' must be a number, e.g. cuda:0"),
+        },
+        _ => bail!("--device {spec:?} is not one of auto, cpu, cuda, cuda:N"),
+    }
+}
+
+fn cuda(i: usize) -> Result<Device> {
+    let n = tch::Cuda::device_count() as usize;
+    if n == 0 {
+        bail!("--device cuda:{i}: libtorch sees no CUDA device here. Use --device cpu (or auto).");
+    }
+    if i >= n {
+        bail!("--device cuda:{i}: only {n} CUDA device(s) visible (cuda:0..cuda:{}).", n - 1);
+    }
+    Ok(Device::Cuda(i))
+}
+
+/// Human-readable device name for logs.
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpu_and_auto_and_rejects_garbage() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device("CPU").unwrap(), Device::Cpu);
+        let auto = parse_device("auto").unwrap();
+        assert_eq!(auto == Device::Cpu, !tch::Cuda::is_available());
+        let err = parse_device("tpu").unwrap_err().to_string();
+        assert!(err.contains("auto, cpu, cuda"), "{err}");
+        assert!(parse_device("cuda:x").unwrap_err().to_string().contains("number"));
+        if !tch::Cuda::is_available() {
+            assert!(parse_device("cuda:0").unwrap_err().to_string().contains("no CUDA device"));
+        }
+    }
+}

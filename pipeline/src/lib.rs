@@ -1,0 +1,4 @@
+//! sftok's data side: files, bytes and pixels. Never depends on libtorch.
+
+pub mod rng;
+pub mod synth;
