@@ -1,0 +1,52 @@
+//! Helpers shared by the model crate's integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use tch::Tensor;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("../shared/fixtures")
+}
+
+/// The project venv's Python (tools/setup.sh), used as a test oracle.
+pub fn python() -> Command {
+    let py = repo_root().join(".venv/bin/python");
+    assert!(py.exists(), "{} missing: run tools/setup.sh (make test does) to create the oracle venv", py.display());
+    Command::new(py)
+}
+
+pub fn run_python(script: &str, args: &[&str]) {
+    let out = python().arg("-c").arg(script).args(args).output().expect("spawn python");
+    assert!(out.status.success(), "python oracle failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Loads a fixture file: all tensors by name.
+pub fn load_fixture(name: &str) -> std::collections::HashMap<String, Tensor> {
+    let path = fixtures().join(name).join(format!("{name}.safetensors"));
+    Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_iter().collect()
+}
+
+/// The sidecar JSON of a fixture.
+pub fn sidecar(name: &str) -> serde_json::Value {
+    let path = fixtures().join(name).join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// max |a − b| in float64.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
+}
+
+/// Asserts `got` is within the sidecar's suggested_atol for `expect.<key>`.
+pub fn assert_close(sidecar: &serde_json::Value, key: &str, got: &Tensor, expect: &Tensor) {
+    let tol = sidecar["tolerances"][key]["suggested_atol"].as_f64().unwrap_or_else(|| panic!("no tolerance for {key}"));
+    let d = max_abs_diff(got, expect);
+    assert!(d <= tol, "{key}: max abs diff {d:e} > tolerance {tol:e}");
+    eprintln!("{key}: max abs diff {d:.3e} (tolerance {tol:.0e})");
+}
