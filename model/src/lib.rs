@@ -4,3 +4,4 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod doctor;
+pub mod vqgan;
