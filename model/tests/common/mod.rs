@@ -50,3 +50,9 @@ pub fn assert_close(sidecar: &serde_json::Value, key: &str, got: &Tensor, expect
     assert!(d <= tol, "{key}: max abs diff {d:e} > tolerance {tol:e}");
     eprintln!("{key}: max abs diff {d:.3e} (tolerance {tol:.0e})");
 }
+
+/// libtorch's default generator is global: tests that seed it must not interleave.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,16 @@
+//! Training losses (../shared/spec/sftok-training.md §7).
+
+use tch::{Kind, Reduction, Tensor};
+
+/// `ReconstructionLoss_MLMStage1` (stages 1–2): per-position cross-entropy against the proxy codes,
+/// weight 1 on masked and `unmasked_weight` on visible positions, `Σ w·ce / (Σ w + 1e-8)` over the
+/// micro-batch. logits [B, L, V], targets [B, L] int64, masks [B, L] bool.
+pub fn masked_token_ce(logits: &Tensor, targets: &Tensor, masks: &Tensor, label_smoothing: f64, unmasked_weight: f64) -> Tensor {
+    let v = logits.size()[2];
+    let ce = logits
+        .reshape([-1, v])
+        .cross_entropy_loss(&targets.reshape([-1]), None::<Tensor>, Reduction::None, -100, label_smoothing);
+    let m = masks.reshape([-1]).to_kind(Kind::Float);
+    let w = &m + (m.neg() + 1.0) * unmasked_weight;
+    (ce * &w).sum(Kind::Float) / (w.sum(Kind::Float) + 1e-8)
+}
