@@ -222,3 +222,54 @@ impl SFTok {
         })
     }
 }
+
+/// Legacy key names accepted when loading (spec §6, §11.3).
+pub const KEY_ALIASES: &[(&str, &str)] = &[("decoder.embedding_positional_embedding", "decoder.learnable_embedding_positional_embedding")];
+
+/// A model with its weights and the config it was built from.
+pub struct LoadedSFTok {
+    pub vs: nn::VarStore,
+    pub model: SFTok,
+    pub config: Config,
+}
+
+/// Where a checkpoint's config comes from: `--config` if given, else `config.json` in a Hugging
+/// Face-style directory or next to the weights file.
+pub fn resolve_config(checkpoint: &std::path::Path, explicit: Option<&std::path::Path>, overrides: &[String]) -> Result<Config> {
+    if let Some(c) = explicit {
+        return Config::load(c, overrides);
+    }
+    let dir = if checkpoint.is_dir() { checkpoint.to_path_buf() } else { checkpoint.parent().unwrap_or(std::path::Path::new(".")).to_path_buf() };
+    let json = dir.join("config.json");
+    if json.is_file() {
+        return Config::load(&json, overrides);
+    }
+    bail!(
+        "no config for checkpoint {}: pass --config configs/<model>.yaml (e.g. configs/sftok_b64_stage3.yaml for the released SFTok-B) or put its config.json next to it",
+        checkpoint.display()
+    )
+}
+
+impl LoadedSFTok {
+    /// Builds the model from `config` and loads `checkpoint` strictly (any supported format).
+    pub fn load(checkpoint: &std::path::Path, config: Config, device: tch::Device) -> Result<LoadedSFTok> {
+        use anyhow::Context;
+        let scfg = SFTokConfig::from_config(&config)?;
+        let vs = nn::VarStore::new(device);
+        let model = SFTok::new(&vs.root(), &scfg);
+        let mut sd = crate::checkpoint::read(checkpoint)?;
+        sd.apply_aliases(KEY_ALIASES);
+        crate::checkpoint::load_into(&vs, &sd, true)
+            .with_context(|| format!("loading {} into the model of its config (model.vq_model.finetune_decoder = {}, decoder size {:?})",
+                checkpoint.display(), config.model.vq_model.finetune_decoder, config.model.decoder.vit_dec_model_size))?;
+        Ok(LoadedSFTok { vs, model, config })
+    }
+
+    /// Saves `model.safetensors` + `config.json` (the full config, reference layout) in `dir`, the
+    /// layout `PyTorchModelHubMixin` uses, so the Python reference loads it strictly.
+    pub fn save_dir(vs: &nn::VarStore, config: &Config, dir: &std::path::Path) -> Result<()> {
+        crate::checkpoint::save_safetensors(vs, &dir.join("model.safetensors"))?;
+        let json = serde_json::to_string_pretty(config)?;
+        crate::checkpoint::write_atomic(&dir.join("config.json"), |tmp| Ok(std::fs::write(tmp, json)?))
+    }
+}
