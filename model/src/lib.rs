@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod losses;
 pub mod multistep_decoder;
 pub mod optvq;
+pub mod recon;
 pub mod sftok;
 pub mod titok_encoder;
 pub mod transformer;

@@ -295,3 +295,20 @@ impl MaskgitVqgan {
         Ok(tch::no_grad(|| self.decoder.forward(&z)))
     }
 }
+
+/// Where the teacher's weights come from: a checkpoint file, or `random:SEED` — a seeded random
+/// initialisation for smoke tests and the demo (its codes are meaningless; callers say so).
+pub fn load_teacher(spec: &str, device: tch::Device) -> Result<(nn::VarStore, MaskgitVqgan)> {
+    let vs = nn::VarStore::new(device);
+    let cfg = VqganConfig::default();
+    if let Some(seed) = spec.strip_prefix("random:") {
+        let seed: i64 = seed.parse().map_err(|_| anyhow::anyhow!("--teacher {spec:?}: expected random:<integer seed>"))?;
+        tch::manual_seed(seed);
+        let model = MaskgitVqgan::new(&vs.root(), &cfg);
+        return Ok((vs, model));
+    }
+    let model = MaskgitVqgan::new(&vs.root(), &cfg);
+    crate::checkpoint::load_file(&vs, std::path::Path::new(spec))
+        .map_err(|e| e.context("loading the MaskGIT-VQGAN teacher (maskgit-vqgan-imagenet-f16-256.bin from the TiTok release)"))?;
+    Ok((vs, model))
+}

@@ -1,0 +1,151 @@
+//! `sftok-eval recon`: eval transform → encode → iterative decode → PNG grid, token ids, PSNR.
+
+use crate::sftok::SFTok;
+use crate::vqgan::MaskgitVqgan;
+use anyhow::{Context, Result, bail};
+use sftok_pipeline::transform::RgbImage;
+use tch::{Device, Kind, Tensor};
+
+/// RGB8 images of one size → float [B, 3, H, W] in [0, 1] (`ToTensor`): permute while u8, then cast.
+pub fn to_tensor(images: &[RgbImage], device: Device) -> Tensor {
+    let (w, h) = (images[0].width as i64, images[0].height as i64);
+    let bytes: Vec<u8> = images.iter().flat_map(|i| i.data.iter().copied()).collect();
+    Tensor::from_data_size(&bytes, &[images.len() as i64, h, w, 3], Kind::Uint8)
+        .to_device(device)
+        .permute([0, 3, 1, 2])
+        .contiguous()
+        .to_kind(Kind::Float)
+        / 255.0
+}
+
+/// [B, 3, H, W] floats → RGB8 images (clamped to [0, 1], rounded to the nearest 1/255).
+pub fn to_images(t: &Tensor) -> Result<Vec<RgbImage>> {
+    let (b, _, h, w) = t.size4()?;
+    let u8s = (t.clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous().to_device(Device::Cpu);
+    let flat: Vec<u8> = Vec::<u8>::try_from(u8s.reshape([-1]))?;
+    let per = (h * w * 3) as usize;
+    (0..b as usize).map(|i| RgbImage::new(w as u32, h as u32, flat[i * per..(i + 1) * per].to_vec())).collect()
+}
+
+/// Peak signal-to-noise ratio per image, on [0, 1] values quantised to 8 bits (as saved).
+pub fn psnr(original: &Tensor, reconstruction: &Tensor) -> Vec<f64> {
+    let q = |t: &Tensor| (t.clamp(0.0, 1.0) * 255.0).round() / 255.0;
+    let mse = (q(original) - q(reconstruction)).pow_tensor_scalar(2).mean_dim([1i64, 2, 3].as_slice(), false, Kind::Double);
+    Vec::<f64>::try_from(mse).unwrap_or_default().into_iter().map(|m| if m <= 0.0 { f64::INFINITY } else { -10.0 * m.log10() }).collect()
+}
+
+/// Reconstructions in [0, 1] and the token ids of a batch. Stage-1/2 models decode their
+/// proxy-code ids with the teacher's decoder; stage-3 models use their own soft path.
+/// Note: OptVQ assigns codes over the whole batch, so tokens depend on the batch composition.
+pub fn reconstruct(model: &SFTok, teacher: Option<&MaskgitVqgan>, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    tch::no_grad(|| {
+        let (_, q) = model.encode(x);
+        let tokens = q.min_encoding_indices.squeeze_dim(1); // [B, N]
+        let out = model.decode_tokens(&tokens);
+        let image = match (out.image, teacher) {
+            (Some(img), _) => img,
+            (None, Some(t)) => {
+                let (b, l) = out.generated.ids.size2()?;
+                let g = (l as f64).sqrt() as i64;
+                t.decode_raw(&out.generated.ids.reshape([b, g, g]))?
+            }
+            (None, None) => bail!(
+                "this is a stage-1/2 checkpoint (model.vq_model.finetune_decoder = False): its proxy codes are turned into pixels by \
+                 the MaskGIT-VQGAN teacher — pass --teacher maskgit-vqgan-imagenet-f16-256.bin"
+            ),
+        };
+        Ok((image.clamp(0.0, 1.0), tokens))
+    })
+}
+
+/// Reads image files (any format the `image` crate decodes), applies the eval transform.
+pub fn load_eval_images(paths: &[std::path::PathBuf], resize_shorter_edge: u32, crop_size: u32) -> Result<Vec<RgbImage>> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let img = sftok_pipeline::transform::decode_rgb(&bytes).with_context(|| format!("{} is not a readable image", p.display()))?;
+            sftok_pipeline::transform::eval_transform(&img, resize_shorter_edge, crop_size).with_context(|| format!("transforming {}", p.display()))
+        })
+        .collect()
+}
+
+pub struct ReconRequest {
+    pub checkpoint: std::path::PathBuf,
+    pub config: Option<std::path::PathBuf>,
+    pub overrides: Vec<String>,
+    pub teacher: Option<String>,
+    pub images: Vec<std::path::PathBuf>,
+    pub out: std::path::PathBuf,
+    pub steps: Option<i64>,
+    pub seed: i64,
+    pub batch: usize,
+    pub device: Device,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ReconItem {
+    pub source: String,
+    pub tokens: Vec<i64>,
+    pub psnr: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ReconReport {
+    pub checkpoint: String,
+    pub steps: i64,
+    pub seed: i64,
+    pub mean_psnr: f64,
+    pub images: Vec<ReconItem>,
+    #[serde(skip)]
+    pub grid: std::path::PathBuf,
+}
+
+/// The whole `recon` command: load, transform, reconstruct in batches, write `grid.png`
+/// (original | reconstruction per row) and `tokens.json` (token ids and PSNR per image).
+pub fn run(req: &ReconRequest) -> Result<ReconReport> {
+    use crate::sftok::{LoadedSFTok, resolve_config};
+    if req.images.is_empty() {
+        bail!("no input images: pass --images a.jpg b.png …");
+    }
+    let mut config = resolve_config(&req.checkpoint, req.config.as_deref(), &req.overrides)?;
+    if let Some(s) = req.steps {
+        config.model.generator.num_steps = s;
+    }
+    let pre = config.dataset.preprocessing.clone();
+    let originals = load_eval_images(&req.images, pre.resize_shorter_edge, pre.crop_size)?;
+    let loaded = LoadedSFTok::load(&req.checkpoint, config, req.device)?;
+    let teacher = match (&req.teacher, loaded.model.pixel_decoder.is_some()) {
+        (Some(spec), false) => Some(crate::vqgan::load_teacher(spec, req.device)?),
+        _ => None,
+    };
+    let mut recons = Vec::new();
+    let mut items = Vec::new();
+    for (chunk_imgs, chunk_paths) in originals.chunks(req.batch.max(1)).zip(req.images.chunks(req.batch.max(1))) {
+        let x = to_tensor(chunk_imgs, req.device);
+        tch::manual_seed(req.seed); // generate draws Gumbel noise: seeded for reproducible output
+        let (y, tokens) = reconstruct(&loaded.model, teacher.as_ref().map(|t| &t.1), &x)?;
+        let p = psnr(&x, &y);
+        for (i, path) in chunk_paths.iter().enumerate() {
+            items.push(ReconItem { source: path.display().to_string(), tokens: Vec::<i64>::try_from(tokens.get(i as i64))?, psnr: p[i] });
+        }
+        recons.extend(to_images(&y)?);
+    }
+    std::fs::create_dir_all(&req.out).with_context(|| format!("creating {}", req.out.display()))?;
+    let rows: Vec<Vec<&RgbImage>> = originals.iter().zip(&recons).map(|(a, b)| vec![a, b]).collect();
+    let png = sftok_pipeline::transform::encode_png(&sftok_pipeline::transform::grid(&rows, 4))?;
+    let grid = req.out.join("grid.png");
+    crate::checkpoint::write_atomic(&grid, |tmp| Ok(std::fs::write(tmp, &png)?))?;
+    let finite: Vec<f64> = items.iter().map(|i| i.psnr).filter(|p| p.is_finite()).collect();
+    let report = ReconReport {
+        checkpoint: req.checkpoint.display().to_string(),
+        steps: loaded.config.model.generator.num_steps,
+        seed: req.seed,
+        mean_psnr: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
+        images: items,
+        grid,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    crate::checkpoint::write_atomic(&req.out.join("tokens.json"), |tmp| Ok(std::fs::write(tmp, json)?))?;
+    Ok(report)
+}

@@ -1,0 +1,160 @@
+//! Decoding and the reference's image transforms on RGB8 pixels (../shared/spec/sftok-training.md
+//! §3, teacher-maskgit-vqgan.md §7): `Resize(S)` of the shorter edge with PIL-bicubic-antialias
+//! semantics (fast_image_resize's CatmullRom convolution: PIL's bicubic is Keys a = −0.5), crops
+//! and horizontal flips.
+
+use anyhow::{Context, Result, bail};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
+
+/// Row-major RGB8 pixels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    pub fn new(width: u32, height: u32, data: Vec<u8>) -> Result<RgbImage> {
+        if data.len() != width as usize * height as usize * 3 {
+            bail!("{}×{} RGB image needs {} bytes, got {}", width, height, width as usize * height as usize * 3, data.len());
+        }
+        Ok(RgbImage { width, height, data })
+    }
+}
+
+/// Decodes JPEG/PNG/… bytes to RGB8 (grayscale and CMYK are converted).
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    let img = image::load_from_memory(bytes).context("cannot decode the image")?.into_rgb8();
+    let (w, h) = img.dimensions();
+    RgbImage::new(w, h, img.into_raw())
+}
+
+/// torchvision `Resize(shorter)` output size: the shorter side becomes `shorter`, the longer
+/// `int(shorter · long / short)` (truncated).
+pub fn resized_size(width: u32, height: u32, shorter: u32) -> (u32, u32) {
+    let (short, long) = (width.min(height) as u64, width.max(height) as u64);
+    let new_long = ((shorter as u64 * long) as f64 / short as f64) as u32;
+    if width <= height { (shorter, new_long) } else { (new_long, shorter) }
+}
+
+/// Resizes so the shorter side is `shorter` (antialiased bicubic).
+pub fn resize_shorter(img: &RgbImage, shorter: u32) -> Result<RgbImage> {
+    let (w, h) = resized_size(img.width, img.height, shorter);
+    resize(img, w, h)
+}
+
+pub fn resize(img: &RgbImage, w: u32, h: u32) -> Result<RgbImage> {
+    if (w, h) == (img.width, img.height) {
+        return Ok(img.clone());
+    }
+    let src = Image::from_vec_u8(img.width, img.height, img.data.clone(), PixelType::U8x3)?;
+    let mut dst = Image::new(w, h, PixelType::U8x3);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    Resizer::new().resize(&src, &mut dst, &opts)?;
+    RgbImage::new(w, h, dst.into_vec())
+}
+
+/// torchvision `CenterCrop` offsets: `int(round((H − size) / 2))` with round-half-to-even.
+pub fn center_crop_offsets(width: u32, height: u32, size: u32) -> (u32, u32) {
+    let off = |d: u32| ((d as f64) / 2.0).round_ties_even() as u32;
+    (off(width.saturating_sub(size)), off(height.saturating_sub(size)))
+}
+
+/// The `size`×`size` window at (left, top).
+pub fn crop(img: &RgbImage, left: u32, top: u32, size: u32) -> Result<RgbImage> {
+    if left + size > img.width || top + size > img.height {
+        bail!("crop {size}×{size} at ({left}, {top}) does not fit a {}×{} image", img.width, img.height);
+    }
+    let row = img.width as usize * 3;
+    let mut data = Vec::with_capacity(size as usize * size as usize * 3);
+    for y in top..top + size {
+        let start = y as usize * row + left as usize * 3;
+        data.extend_from_slice(&img.data[start..start + size as usize * 3]);
+    }
+    RgbImage::new(size, size, data)
+}
+
+pub fn hflip(img: &RgbImage) -> RgbImage {
+    let w = img.width as usize;
+    let mut data = img.data.clone();
+    for row in data.chunks_exact_mut(w * 3) {
+        for x in 0..w / 2 {
+            for c in 0..3 {
+                row.swap(x * 3 + c, (w - 1 - x) * 3 + c);
+            }
+        }
+    }
+    RgbImage { width: img.width, height: img.height, data }
+}
+
+/// Eval transform: `Resize(resize_shorter)` → `CenterCrop(crop_size)`.
+pub fn eval_transform(img: &RgbImage, resize_shorter_edge: u32, crop_size: u32) -> Result<RgbImage> {
+    let r = resize_shorter(img, resize_shorter_edge)?;
+    let (left, top) = center_crop_offsets(r.width, r.height, crop_size);
+    crop(&r, left, top, crop_size).with_context(|| format!("resize_shorter_edge {resize_shorter_edge} < crop_size {crop_size}?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_rule_truncates_like_torchvision() {
+        assert_eq!(resized_size(500, 375, 256), (341, 256)); // 256·500/375 = 341.33
+        assert_eq!(resized_size(333, 500, 256), (256, 384)); // 384.38
+        assert_eq!(resized_size(256, 256, 256), (256, 256));
+    }
+
+    #[test]
+    fn center_crop_rounds_half_to_even() {
+        assert_eq!(center_crop_offsets(341, 256, 256), (42, 0)); // 85/2 = 42.5 → 42
+        assert_eq!(center_crop_offsets(343, 256, 256), (44, 0)); // 43.5 → 44
+    }
+
+    #[test]
+    fn crop_and_flip_move_the_right_pixels() {
+        let data: Vec<u8> = (0..4 * 3 * 3).map(|i| i as u8).collect();
+        let img = RgbImage::new(4, 3, data).unwrap();
+        let c = crop(&img, 1, 1, 2).unwrap();
+        assert_eq!(&c.data[..3], &img.data[(4 + 1) * 3..(4 + 1) * 3 + 3]);
+        let f = hflip(&img);
+        assert_eq!(&f.data[..3], &img.data[9..12]);
+        assert_eq!(hflip(&f), img);
+        assert!(crop(&img, 3, 0, 2).is_err());
+    }
+}
+
+/// Tiles images into rows (each row left to right) with `gap` black pixels between cells.
+pub fn grid(rows: &[Vec<&RgbImage>], gap: u32) -> RgbImage {
+    let cell_w = rows.iter().flatten().map(|i| i.width).max().unwrap_or(0);
+    let cell_h = rows.iter().flatten().map(|i| i.height).max().unwrap_or(0);
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0) as u32;
+    let w = cols * cell_w + cols.saturating_sub(1) * gap;
+    let h = rows.len() as u32 * cell_h + (rows.len() as u32).saturating_sub(1) * gap;
+    let mut data = vec![0u8; w as usize * h as usize * 3];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, img) in row.iter().enumerate() {
+            let (x0, y0) = (c as u32 * (cell_w + gap), r as u32 * (cell_h + gap));
+            for y in 0..img.height {
+                let src = &img.data[(y * img.width * 3) as usize..((y + 1) * img.width * 3) as usize];
+                let dst = (((y0 + y) * w + x0) * 3) as usize;
+                data[dst..dst + src.len()].copy_from_slice(src);
+            }
+        }
+    }
+    RgbImage { width: w, height: h, data }
+}
+
+/// PNG bytes of an image.
+pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut out),
+        &img.data,
+        img.width,
+        img.height,
+        image::ExtendedColorType::Rgb8,
+    )?;
+    Ok(out)
+}
