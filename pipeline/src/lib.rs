@@ -1,5 +1,6 @@
 //! sftok's data side: files, bytes and pixels. Never depends on libtorch.
 
+pub mod batch;
 pub mod rng;
 pub mod synth;
 pub mod transform;
