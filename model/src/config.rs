@@ -512,6 +512,11 @@ impl Config {
         for ov in overrides {
             apply_override(&mut tree, &schema, ov)?;
         }
+        // The reference's configs tie the scheduler's base LR to the optimizer's; a config that
+        // leaves it out gets the same link, so `optimizer.params.learning_rate=…` moves both.
+        if lookup(&tree, "lr_scheduler.params.learning_rate").is_none() && lookup(&tree, "optimizer.params.learning_rate").is_some() {
+            apply_override(&mut tree, &schema, "lr_scheduler.params.learning_rate='${optimizer.params.learning_rate}'")?;
+        }
         normalize_numbers(&mut tree);
         let root = tree.clone();
         resolve_interpolations(&mut tree, &root, 0)?;
@@ -581,7 +586,12 @@ fn apply_override(tree: &mut Value, schema: &Value, ov: &str) -> Result<()> {
         .split_once('=')
         .ok_or_else(|| anyhow!("override {ov:?} must look like key.path=value, e.g. training.per_gpu_batch_size=32"))?;
     let path = path.trim();
-    let value: Value = serde_yaml_ng::from_str(raw).with_context(|| format!("override {ov:?}: cannot parse the value"))?;
+    // `key=` sets an empty string, as in Hydra/OmegaConf.
+    let value: Value = if raw.trim().is_empty() {
+        Value::String(String::new())
+    } else {
+        serde_yaml_ng::from_str(raw).with_context(|| format!("override {ov:?}: cannot parse the value"))?
+    };
     let keys: Vec<&str> = path.split('.').collect();
     let mut schema_node = Some(schema);
     let mut node = tree;
@@ -736,6 +746,14 @@ mod tests {
         assert_eq!(cfg.model.transformer_size("tiny").unwrap().width, 64);
         assert_eq!(cfg.model.transformer_size("large").unwrap(), TransformerSize { width: 1024, num_layers: 24, num_heads: 16 });
         assert!(cfg.model.transformer_size("huge").is_err());
+    }
+
+    #[test]
+    fn scheduler_lr_follows_the_optimizer_lr_unless_set() {
+        let cfg = Config::from_yaml_str("", &["optimizer.params.learning_rate=3e-3".into()]).unwrap();
+        assert_eq!(cfg.lr_scheduler.params.learning_rate, 3e-3);
+        let cfg = Config::from_yaml_str("lr_scheduler:\n  params:\n    learning_rate: 1e-5\n", &["optimizer.params.learning_rate=3e-3".into()]).unwrap();
+        assert_eq!(cfg.lr_scheduler.params.learning_rate, 1e-5);
     }
 
     #[test]

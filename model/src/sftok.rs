@@ -167,7 +167,9 @@ impl SFTok {
 
     /// x [B, 3, H, W] in [0, 1] → (z_q_ste [B, D, 1, N], quantizer output).
     pub fn encode(&self, x: &Tensor) -> (Tensor, QuantizerOutput) {
-        self.quantize.forward(&self.encoder.forward(x, &self.latent_tokens))
+        let z = self.encoder.forward(x, &self.latent_tokens);
+        // The reference disables autocast inside the quantizer: it always runs in float32.
+        tch::autocast(false, || self.quantize.forward(&z))
     }
 
     /// Training-style forward: encode, mask, decode; stage 3 also decodes pixels.

@@ -1,0 +1,44 @@
+//! EMA of the model weights (../shared/spec/sftok-training.md §10): `decay = min(0.999,
+//! (1+s)/(10+s))` with `s = optimisation_step − 1` (0 for the first step). Unlike the reference,
+//! the decay does not silently change to 0.9999 after a resume (gap 19): it is a pure function of
+//! the step counter, which is saved.
+
+use std::collections::BTreeMap;
+use tch::Tensor;
+
+pub struct Ema {
+    /// name → shadow copy (same dtype/device as the parameter).
+    pub shadow: BTreeMap<String, Tensor>,
+    pub max_decay: f64,
+    pub optimization_step: u64,
+}
+
+impl Ema {
+    /// Starts from the current weights (all variables, buffers included, so the EMA model saves
+    /// as a complete state dict).
+    pub fn new(vars: &BTreeMap<String, Tensor>, max_decay: f64) -> Ema {
+        let shadow = vars.iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect();
+        Ema { shadow, max_decay, optimization_step: 0 }
+    }
+
+    pub fn decay(&self) -> f64 {
+        let s = self.optimization_step as f64 - 1.0;
+        if s <= 0.0 { 0.0 } else { self.max_decay.min((1.0 + s) / (10.0 + s)) }
+    }
+
+    /// After an optimiser step: trainable → `shadow −= (1 − decay)(shadow − param)`, else copy.
+    pub fn update(&mut self, vars: &BTreeMap<String, Tensor>) {
+        self.optimization_step += 1;
+        let one_minus = 1.0 - self.decay();
+        tch::no_grad(|| {
+            for (name, p) in vars {
+                let s = self.shadow.get_mut(name).expect("EMA shadow for every variable");
+                if p.requires_grad() {
+                    let _ = s.g_sub_(&((&*s - p) * one_minus));
+                } else {
+                    s.copy_(p);
+                }
+            }
+        });
+    }
+}

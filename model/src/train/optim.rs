@@ -1,0 +1,161 @@
+//! Optimisation pieces of ../shared/spec/sftok-training.md §9: AdamW with the reference's two
+//! parameter groups, the cosine schedule with warm-up, and global-norm gradient clipping.
+//!
+//! AdamW is implemented here (not tch's) because its moments must be saved and restored for a
+//! bit-identical resume; the arithmetic is PyTorch's single-tensor AdamW, op for op.
+
+use anyhow::{Result, bail};
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+/// Name fragments that put a parameter in the no-decay group (with any parameter of ndim < 2).
+const NO_DECAY: &[&str] = &["ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed"];
+
+/// The reference's rule: weight decay only for ≥ 2-D tensors whose name has none of `NO_DECAY`.
+pub fn uses_weight_decay(name: &str, ndim: usize) -> bool {
+    ndim >= 2 && !NO_DECAY.iter().any(|frag| name.contains(frag))
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// One parameter with its optimiser state.
+struct Slot {
+    name: String,
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    weight_decay: f64,
+}
+
+pub struct AdamW {
+    cfg: AdamWConfig,
+    slots: Vec<Slot>,
+    /// Optimiser steps taken (PyTorch keeps one per parameter; they are always equal here).
+    pub step: u64,
+}
+
+impl AdamW {
+    /// `params`: trainable parameters by name (sorted order is used, so the state is reproducible).
+    pub fn new(params: BTreeMap<String, Tensor>, cfg: AdamWConfig) -> AdamW {
+        let slots = params
+            .into_iter()
+            .map(|(name, param)| {
+                let wd = if uses_weight_decay(&name, param.dim()) { cfg.weight_decay } else { 0.0 };
+                Slot {
+                    exp_avg: param.zeros_like().detach(),
+                    exp_avg_sq: param.zeros_like().detach(),
+                    weight_decay: wd,
+                    name,
+                    param,
+                }
+            })
+            .collect();
+        AdamW { cfg, slots, step: 0 }
+    }
+
+    /// (values with decay, values without) — for logging the group split.
+    pub fn group_sizes(&self) -> (i64, i64) {
+        let count = |decay: bool| self.slots.iter().filter(|s| (s.weight_decay > 0.0) == decay).map(|s| s.param.numel() as i64).sum();
+        (count(true), count(false))
+    }
+
+    /// One update with learning rate `lr` (parameters without a gradient are skipped).
+    pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bias_correction1 = 1.0 - b1.powi(self.step as i32);
+        let bias_correction2 = 1.0 - b2.powi(self.step as i32);
+        let step_size = lr / bias_correction1;
+        let bc2_sqrt = bias_correction2.sqrt();
+        tch::no_grad(|| {
+            for s in &mut self.slots {
+                let grad = s.param.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let _ = s.param.g_mul_scalar_(1.0 - lr * s.weight_decay);
+                let _ = s.exp_avg.lerp_(&grad, 1.0 - b1);
+                // addcmul_(grad, grad, value = 1 − β2) evaluates (value·grad)·grad.
+                let _ = s.exp_avg_sq.g_mul_scalar_(b2).g_add_(&(grad.g_mul_scalar(1.0 - b2) * &grad));
+                let denom = (s.exp_avg_sq.sqrt() / bc2_sqrt).g_add_scalar(self.cfg.eps);
+                // addcdiv_(exp_avg, denom, value = −step_size) evaluates (value·exp_avg)/denom.
+                let _ = s.param.addcdiv_(&(&s.exp_avg * -step_size), &denom);
+            }
+        });
+    }
+
+    pub fn zero_grad(&mut self) {
+        for s in &mut self.slots {
+            let mut g = s.param.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+
+    /// Moments as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`) for checkpoints.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.slots.len());
+        for s in &self.slots {
+            out.push((format!("exp_avg.{}", s.name), s.exp_avg.to_device(tch::Device::Cpu)));
+            out.push((format!("exp_avg_sq.{}", s.name), s.exp_avg_sq.to_device(tch::Device::Cpu)));
+        }
+        out
+    }
+
+    pub fn load_state_tensors(&mut self, tensors: &[(String, Tensor)], step: u64) -> Result<()> {
+        let map: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        tch::no_grad(|| -> Result<()> {
+            for s in &mut self.slots {
+                for (prefix, dst) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
+                    let key = format!("{prefix}.{}", s.name);
+                    let Some(src) = map.get(key.as_str()) else { bail!("optimizer state has no {key}: was it saved by a different model?") };
+                    if src.size() != dst.size() {
+                        bail!("optimizer state {key}: shape {:?}, parameter {:?}", src.size(), dst.size());
+                    }
+                    dst.copy_(src);
+                }
+            }
+            Ok(())
+        })?;
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// `lr(k)` of the reference's "cosine" schedule for the k-th optimiser step (k = steps taken).
+pub fn cosine_lr(k: u64, base: f64, end: f64, warmup: u64, max_steps: u64) -> f64 {
+    if k < warmup {
+        return base * k as f64 / warmup as f64;
+    }
+    let span = max_steps.saturating_sub(warmup).max(1) as f64;
+    let progress = ((k - warmup) as f64 / span).min(1.0);
+    end + (base - end) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// `torch.nn.utils.clip_grad_norm_`: global L2 norm of all gradients (returned, pre-clip), and
+/// gradients scaled by `max_norm / (norm + 1e-6)` when that is below 1.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        if grads.is_empty() {
+            return 0.0;
+        }
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+        let total = Tensor::stack(&norms, 0).norm();
+        let coef = (max_norm / (total.double_value(&[]) + 1e-6)).min(1.0);
+        let total_f = total.to_kind(Kind::Double).double_value(&[]);
+        if coef < 1.0 {
+            for mut g in grads {
+                let _ = g.g_mul_scalar_(coef);
+            }
+        }
+        total_f
+    })
+}

@@ -1,0 +1,239 @@
+//! The trainer's parts against oracles (AdamW vs PyTorch, TensorBoard files read by the
+//! `tensorboard` package) and its behaviour on the tiny config: stage 1 overfits a fixed batch,
+//! stage 2 starts from stage 1's EMA weights and improves, NaN losses stop the run cleanly.
+
+mod common;
+
+use sftok_model::config::Config;
+use sftok_model::train::optim::{AdamW, AdamWConfig, cosine_lr, uses_weight_decay};
+use sftok_model::train::trainer::{DataFactory, Stage, TrainOptions, train};
+use sftok_pipeline::batch::{Batch, BatchStream};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tch::{Device, Kind, Tensor};
+
+const PY_ADAMW: &str = r#"
+import sys, torch
+from safetensors.torch import load_file, save_file
+t = load_file(sys.argv[1])
+a = torch.nn.Parameter(t["a"].clone()); b = torch.nn.Parameter(t["b"].clone())
+opt = torch.optim.AdamW([{"params": [a], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}],
+                        lr=1.0, betas=(0.9, 0.99), eps=1e-8)
+for k in range(3):
+    for g in opt.param_groups:
+        g["lr"] = float(sys.argv[3 + k])
+    a.grad = t[f"ga{k}"].clone(); b.grad = t[f"gb{k}"].clone()
+    opt.step()
+save_file({"a": a.detach(), "b": b.detach(),
+           "ma": opt.state[a]["exp_avg"], "va": opt.state[a]["exp_avg_sq"]}, sys.argv[2])
+"#;
+
+#[test]
+fn adamw_matches_pytorch_with_the_reference_groups_and_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(3);
+    let a = Tensor::randn([4, 5], (Kind::Float, Device::Cpu));
+    let b = Tensor::randn([5], (Kind::Float, Device::Cpu));
+    let mut named = vec![("a".to_string(), a.copy()), ("b".to_string(), b.copy())];
+    let grads: Vec<(Tensor, Tensor)> = (0..3).map(|_| (Tensor::randn([4, 5], (Kind::Float, Device::Cpu)), Tensor::randn([5], (Kind::Float, Device::Cpu)))).collect();
+    for (k, (ga, gb)) in grads.iter().enumerate() {
+        named.push((format!("ga{k}"), ga.copy()));
+        named.push((format!("gb{k}"), gb.copy()));
+    }
+    Tensor::write_safetensors(&named, dir.path().join("in.safetensors")).unwrap();
+    let lrs: Vec<f64> = (0..3).map(|k| cosine_lr(k + 1, 1e-2, 1e-3, 2, 10)).collect();
+
+    // Ours: names chosen so that "w" decays and "bias" does not (the reference's rule).
+    assert!(uses_weight_decay("w", 2) && !uses_weight_decay("bias", 1));
+    let pa = a.copy().set_requires_grad(true);
+    let pb = b.copy().set_requires_grad(true);
+    let params = BTreeMap::from([("w".to_string(), pa.shallow_clone()), ("bias".to_string(), pb.shallow_clone())]);
+    let mut opt = AdamW::new(params, AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 });
+    for (k, (ga, gb)) in grads.iter().enumerate() {
+        pa.grad().defined().then(|| ()).unwrap_or(());
+        let (la, lb) = ((&pa * ga).sum(Kind::Float), (&pb * gb).sum(Kind::Float)); // d/dp = the given grad
+        (la + lb).backward();
+        opt.step(lrs[k]);
+        opt.zero_grad();
+    }
+    let args: Vec<String> = lrs.iter().map(|l| format!("{l:.17e}")).collect();
+    let out = dir.path().join("out.safetensors");
+    let mut cmd = common::python();
+    cmd.arg("-c").arg(PY_ADAMW).arg(dir.path().join("in.safetensors")).arg(&out).args(&args);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: BTreeMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    let da = common::max_abs_diff(&pa, &want["a"]);
+    let db = common::max_abs_diff(&pb, &want["b"]);
+    let state = opt.state_tensors();
+    let dm = common::max_abs_diff(&state.iter().find(|s| s.0 == "exp_avg.w").unwrap().1, &want["ma"]);
+    eprintln!("AdamW vs PyTorch after 3 steps: max |Δ| a {da:e}, b {db:e}, exp_avg {dm:e}");
+    assert!(da <= 1e-7 && db <= 1e-7 && dm <= 1e-8, "a {da:e} b {db:e} m {dm:e}");
+}
+
+/// A fixed batch of synth images at the tiny size, repeated (test data).
+struct FixedBatches {
+    batch: Batch,
+    served: u64,
+}
+
+impl BatchStream for FixedBatches {
+    fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
+        self.served += 1;
+        Ok(Some(self.batch.clone()))
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({ "served": self.served })
+    }
+}
+
+/// Synth images at the tiny size with the proxy codes of a seeded random teacher, computed once.
+fn fixed_batch(n: usize) -> Batch {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = sftok_pipeline::synth::SynthOptions { out: dir.path().to_path_buf(), classes: 1, per_class: 1, val: n, seed: 5 };
+    sftok_pipeline::synth::synth_imagenet(&opts, &|| {}).unwrap();
+    let mut images = Vec::new();
+    for i in 1..=n {
+        let bytes = std::fs::read(dir.path().join(format!("val/ILSVRC2012_val_{i:08}.JPEG"))).unwrap();
+        let img = sftok_pipeline::transform::decode_rgb(&bytes).unwrap();
+        images.extend(sftok_pipeline::transform::eval_transform(&img, 64, 64).unwrap().data);
+    }
+    let mut batch = Batch { images, size: 64, labels: vec![0; n], keys: (0..n).map(|i| format!("k{i}")).collect(), codes: None, codes_per_image: 0, views: None };
+    let (_vs, teacher) = sftok_model::vqgan::load_teacher("random:0", Device::Cpu).unwrap();
+    let codes = teacher.encode(&sftok_model::handoff::images(&batch, Device::Cpu));
+    batch.codes = Some(Vec::<i64>::try_from(codes.flatten(0, -1)).unwrap().into_iter().map(|c| c as u16).collect());
+    batch.codes_per_image = 16;
+    batch
+}
+
+fn data(batch: Batch) -> DataFactory {
+    Box::new(move |state| {
+        let served = state.and_then(|s| s["served"].as_u64()).unwrap_or(0);
+        Ok(Box::new(FixedBatches { batch: batch.clone(), served }) as Box<dyn BatchStream>)
+    })
+}
+
+fn tiny_config(stage: u32, out: &std::path::Path, extra: &[&str]) -> Config {
+    let mut ov: Vec<String> = vec![format!("experiment.output_dir={}", out.display()), "experiment.init_weight=".into()];
+    ov.extend(extra.iter().map(|s| s.to_string()));
+    Config::load(&common::repo_root().join(format!("configs/tiny/sftok_tiny_stage{stage}.yaml")), &ov).unwrap()
+}
+
+/// Training options; `teacher` only for the reconstruction previews (codes come with the batch).
+fn options(stage: Stage, config: Config, init: Option<std::path::PathBuf>, teacher: bool) -> TrainOptions {
+    TrainOptions {
+        stage,
+        config,
+        device: Device::Cpu,
+        init,
+        resume: "auto".into(),
+        teacher: teacher.then(|| Arc::new(sftok_model::vqgan::load_teacher("random:0", Device::Cpu).unwrap())),
+        max_nonfinite_in_a_row: 3,
+        stop: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+fn losses(out: &std::path::Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()[key].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn stage1_overfits_a_fixed_batch_then_stage2_starts_from_its_ema_and_improves() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (dir.path().join("s1"), dir.path().join("s2"));
+    let batch = fixed_batch(8);
+    // Targets: 8 images × 16 proxy positions of a seeded random teacher. Knowing nothing gives
+    // ln(1024) ≈ 6.93 nats; a model that ignores the image can at best predict, per position,
+    // the empirical code distribution of the 8 images (the bound H computed below from the data).
+    // Falling well below H — and below 1.0 — means the tokens carry which image is which.
+    let codes = batch.codes.clone().unwrap();
+    let h_bound: f64 = (0..16)
+        .map(|p| {
+            let mut counts = BTreeMap::<u16, f64>::new();
+            (0..8).for_each(|i| *counts.entry(codes[i * 16 + p]).or_default() += 1.0);
+            -counts.values().map(|c| (c / 8.0) * (c / 8.0).ln()).sum::<f64>()
+        })
+        .sum::<f64>()
+        / 16.0;
+    // A constant LR after a short warm-up and no clipping: the fastest way to memorise one batch.
+    let cfg = tiny_config(1, &s1, &["training.max_train_steps=400", "optimizer.params.learning_rate=3e-3", "training.max_grad_norm=100",
+                                    "lr_scheduler.params.warmup_steps=10", "lr_scheduler.params.end_lr=3e-3", "experiment.save_every=400"]);
+    let t0 = std::time::Instant::now();
+    let sum = train(options(Stage::Stage1, cfg, None, false), data(batch.clone())).unwrap();
+    let ce = losses(&s1, "train/reconstruction_loss");
+    eprintln!("stage 1: CE {:.3} → {:.3} in {} steps, {:.1} s", ce[0], ce[ce.len() - 1], ce.len(), t0.elapsed().as_secs_f64());
+    assert_eq!(sum.global_step, 400);
+    assert!(ce[0] > 6.0, "initial CE {} should be ≈ ln(1024)", ce[0]);
+    let final_ce = ce[ce.len() - 5..].iter().sum::<f64>() / 5.0;
+    eprintln!("image-agnostic bound H = {h_bound:.3}");
+    assert!(final_ce < 1.0 && final_ce < 0.6 * h_bound, "stage 1 did not overfit: final CE {final_ce}, bound {h_bound}");
+    assert!(s1.join("ema_model/model.safetensors").is_file() && s1.join("loss.png").is_file());
+
+    let cfg2 = tiny_config(2, &s2, &["training.max_train_steps=40", "optimizer.params.learning_rate=1e-3", "lr_scheduler.params.warmup_steps=5"]);
+    train(options(Stage::Stage2, cfg2, Some(s1.join("ema_model")), false), data(batch)).unwrap();
+    let log = std::fs::read_to_string(s2.join("log.txt")).unwrap();
+    assert!(log.contains("initialised from") && log.contains("ema_model"), "{log}");
+    let l2 = losses(&s2, "train/total_loss");
+    let (first, last) = (l2[..5].iter().sum::<f64>() / 5.0, l2[l2.len() - 5..].iter().sum::<f64>() / 5.0);
+    eprintln!("stage 2: loss {first:.3} → {last:.3}");
+    assert!(first < 3.0, "stage 2 should start from the trained EMA weights, first losses {first}");
+    assert!(last < first, "stage 2 loss did not decrease: {first} → {last}");
+}
+
+#[test]
+fn nonfinite_losses_stop_the_run_and_keep_the_last_good_checkpoint() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nan");
+    let batch = fixed_batch(2);
+    let cfg = tiny_config(1, &out, &["training.max_train_steps=4", "experiment.save_every=2"]);
+    train(options(Stage::Stage1, cfg, None, false), data(batch.clone())).unwrap();
+    let good = std::fs::read(out.join("checkpoint-4/model/model.safetensors")).unwrap();
+    // Continue the run with a loss term forced to NaN: every step is skipped, then the run stops.
+    let cfg = tiny_config(1, &out, &["training.max_train_steps=8", "experiment.save_every=2", "losses.quantizer_weight=.nan"]);
+    let err = format!("{:#}", train(options(Stage::Stage1, cfg, None, false), data(batch)).unwrap_err());
+    assert!(err.contains("3 non-finite losses in a row") && err.contains("untouched"), "{err}");
+    assert_eq!(std::fs::read(out.join("checkpoint-4/model/model.safetensors")).unwrap(), good);
+    let ckpts = sftok_model::train::state::list_checkpoints(&out).unwrap();
+    assert!(!ckpts.is_empty(), "a checkpoint from before the blow-up must exist");
+    let (_, last) = ckpts.last().unwrap();
+    let sd = sftok_model::checkpoint::read(&last.join("model/model.safetensors")).unwrap();
+    for (n, t) in &sd.tensors {
+        if t.is_floating_point() {
+            assert!(t.isfinite().all().int64_value(&[]) == 1, "{n} in the kept checkpoint is not finite");
+        }
+    }
+}
+
+const PY_TB: &str = r#"
+import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={"images": 0, "scalars": 0}); ea.Reload()
+tags = ea.Tags()
+print("SCALARS", sorted(tags["scalars"]))
+print("IMAGES", tags["images"])
+ev = ea.Scalars("train/total_loss"); print("STEPS", [e.step for e in ev][:3], len(ev))
+img = ea.Images("Train Reconstruction")[0]; print("IMG", img.width, img.height)
+"#;
+
+#[test]
+fn tensorboard_files_read_back_with_the_expected_tags() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tb");
+    let cfg = tiny_config(1, &out, &["training.max_train_steps=4", "experiment.generate_every=2", "training.num_generated_images=2"]);
+    train(options(Stage::Stage1, cfg, None, true), data(fixed_batch(3))).unwrap();
+    let o = common::python().arg("-c").arg(PY_TB).arg(out.join("logs")).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    for tag in ["train/total_loss", "train/reconstruction_loss", "train/quantizer_loss", "train/masked_token_accuracy",
+                "train/index_unique_ratio", "train/codebook_perplexity", "lr", "grad_norm", "samples/sec"] {
+        assert!(text.contains(&format!("'{tag}'")), "missing {tag}: {text}");
+    }
+    assert!(text.contains("STEPS [1, 2, 3] 4"), "{text}");
+    // 2 rows of [original | reconstruction | difference], 64 px each with 2 px gaps.
+    assert!(text.contains("IMG 196 130"), "{text}");
+    assert!(out.join("train_images/00000002.png").is_file());
+}
