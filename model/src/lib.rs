@@ -3,3 +3,5 @@
 pub mod config;
 pub mod device;
 pub mod doctor;
+pub mod eval;
+pub mod inception;
