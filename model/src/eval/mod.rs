@@ -2,6 +2,7 @@
 //! streaming float64 statistics, Fréchet distance, Inception Score, improved precision/recall,
 //! and native `.npz` I/O for ADM's sample/reference batches.
 
+pub mod features;
 pub mod frechet;
 pub mod inception_score;
 pub mod npz;
