@@ -9,6 +9,7 @@
 //! of it, so ADM-style numbers computed here differ from TF's only by float rounding.
 
 use anyhow::{Context, Result, bail, ensure};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor, nn};
@@ -55,60 +56,82 @@ pub struct InceptionOutput {
     pub block_means: [Tensor; 3],
 }
 
-/// Conv (no bias) → BatchNorm (eval, running statistics) → ReLU.
+/// Conv (no bias) → BatchNorm (eval, running statistics) → ReLU, run as one biased convolution
+/// with the BatchNorm folded in (`W·γ/√(σ²+ε)`, `β − μ·γ/√(σ²+ε)`, computed in float64 by
+/// [`BnFold::apply`] after every load): same function, one pass over the activations fewer.
 struct BasicConv2d {
     weight: Tensor,
+    bias: Tensor,
+    stride: [i64; 2],
+    padding: [i64; 2],
+}
+
+impl BasicConv2d {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.weight, Some(&self.bias), self.stride, self.padding, [1, 1], 1).relu_()
+    }
+}
+
+/// One BasicConv2d's state-dict tensors (VarStore handles) and the folded tensors it computes.
+struct BnFold {
+    conv_weight: Tensor,
     bn_weight: Tensor,
     bn_bias: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
-    stride: [i64; 2],
-    padding: [i64; 2],
     eps: f64,
+    weight: Tensor,
+    bias: Tensor,
 }
 
-impl BasicConv2d {
-    fn new(p: nn::Path, c_in: i64, c_out: i64, kernel: [i64; 2], stride: i64, padding: [i64; 2], eps: f64) -> Self {
-        let conv = p.sub("conv");
-        let bn = p.sub("bn");
-        BasicConv2d {
-            weight: conv.zeros_no_train("weight", &[c_out, c_in, kernel[0], kernel[1]]),
+impl BnFold {
+    fn apply(&self) {
+        let _guard = tch::no_grad_guard();
+        let f64 = |t: &Tensor| t.to_kind(Kind::Double);
+        let scale = f64(&self.bn_weight) / (f64(&self.running_var) + self.eps).sqrt();
+        let weight = f64(&self.conv_weight) * scale.view([-1, 1, 1, 1]);
+        let bias = f64(&self.bn_bias) - f64(&self.running_mean) * &scale;
+        self.weight.shallow_clone().copy_(&weight);
+        self.bias.shallow_clone().copy_(&bias);
+    }
+}
+
+/// Creates the BasicConv2d modules under their state-dict paths and records their folds.
+struct Builder<'a> {
+    p: nn::Path<'a>,
+    eps: f64,
+    kind: Kind,
+    folds: &'a RefCell<Vec<BnFold>>,
+}
+
+impl Builder<'_> {
+    fn sub(&self, name: &str) -> Self {
+        Builder { p: self.p.sub(name), eps: self.eps, kind: self.kind, folds: self.folds }
+    }
+
+    fn conv(&self, name: &str, c_in: i64, c_out: i64, kernel: [i64; 2], stride: i64, padding: [i64; 2]) -> BasicConv2d {
+        let p = self.p.sub(name);
+        let (conv, bn) = (p.sub("conv"), p.sub("bn"));
+        let opts = (self.kind, p.device());
+        let layer = BasicConv2d {
+            weight: Tensor::zeros([c_out, c_in, kernel[0], kernel[1]], opts),
+            bias: Tensor::zeros([c_out], opts),
+            stride: [stride, stride],
+            padding,
+        };
+        self.folds.borrow_mut().push(BnFold {
+            conv_weight: conv.zeros_no_train("weight", &[c_out, c_in, kernel[0], kernel[1]]),
             bn_weight: bn.zeros_no_train("weight", &[c_out]),
             bn_bias: bn.zeros_no_train("bias", &[c_out]),
             running_mean: bn.zeros_no_train("running_mean", &[c_out]),
             running_var: bn.zeros_no_train("running_var", &[c_out]),
-            stride: [stride, stride],
-            padding,
-            eps,
-        }
+            eps: self.eps,
+            weight: layer.weight.shallow_clone(),
+            bias: layer.bias.shallow_clone(),
+        });
+        layer
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.conv2d(&self.weight, None::<Tensor>, self.stride, self.padding, [1, 1], 1);
-        y.batch_norm(
-            Some(&self.bn_weight),
-            Some(&self.bn_bias),
-            Some(&self.running_mean),
-            Some(&self.running_var),
-            false,
-            0.0,
-            self.eps,
-            false,
-        )
-        .relu_()
-    }
-}
-
-/// Shorthand for the many square/rectangular convolutions of the blocks.
-struct Builder<'a> {
-    p: nn::Path<'a>,
-    eps: f64,
-}
-
-impl Builder<'_> {
-    fn conv(&self, name: &str, c_in: i64, c_out: i64, kernel: [i64; 2], stride: i64, padding: [i64; 2]) -> BasicConv2d {
-        BasicConv2d::new(self.p.sub(name), c_in, c_out, kernel, stride, padding, self.eps)
-    }
     fn c1(&self, name: &str, c_in: i64, c_out: i64) -> BasicConv2d {
         self.conv(name, c_in, c_out, [1, 1], 1, [0, 0])
     }
@@ -298,6 +321,7 @@ pub struct FidInception {
     vs: nn::VarStore,
     config: FidInceptionConfig,
     trunk: Trunk,
+    folds: Vec<BnFold>,
     /// `[1008, 2048]`; `fc.bias` is loaded (strict key set) but never used, as in both evaluators.
     fc_weight: Tensor,
 }
@@ -317,9 +341,8 @@ struct Trunk {
 }
 
 impl Trunk {
-    fn new(root: &nn::Path, eps: f64) -> Self {
-        let top = Builder { p: root.clone(), eps };
-        let block = |name: &str| Builder { p: root.sub(name), eps };
+    fn new(top: &Builder) -> Self {
+        let block = |name: &str| top.sub(name);
         Trunk {
             conv2d_1a_3x3: top.conv("Conv2d_1a_3x3", 3, 32, [3, 3], 2, [0, 0]),
             conv2d_2a_3x3: top.conv("Conv2d_2a_3x3", 32, 32, [3, 3], 1, [0, 0]),
@@ -352,14 +375,16 @@ impl FidInception {
         ensure!(matches!(kind, Kind::Float | Kind::Double), "FID Inception runs in float32 or float64, not {kind:?}");
         let mut vs = nn::VarStore::new(device);
         let root = vs.root();
-        let trunk = Trunk::new(&root, config.bn_eps);
+        let folds = RefCell::new(Vec::new());
+        let trunk = Trunk::new(&Builder { p: root.clone(), eps: config.bn_eps, kind, folds: &folds });
         let fc = root.sub("fc");
         let fc_weight = fc.zeros_no_train("weight", &[config.num_classes, 2048]);
         let _fc_bias = fc.zeros_no_train("bias", &[config.num_classes]);
         // Variables are created as float32; `set_kind` converts them in place (`set_data`), so the
         // handles held by the layers see the new dtype too.
         vs.set_kind(kind);
-        Ok(FidInception { vs, config, trunk, fc_weight })
+        let folds = folds.into_inner();
+        Ok(FidInception { vs, config, trunk, folds, fc_weight })
     }
 
     pub fn kind(&self) -> Kind {
@@ -408,6 +433,7 @@ impl FidInception {
                 unexpected.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
             );
         }
+        self.fold_batch_norms();
         Ok(())
     }
 
@@ -430,24 +456,33 @@ impl FidInception {
                 let _ = var.fill_(0.0);
             }
         }
+        self.fold_batch_norms();
+    }
+
+    fn fold_batch_norms(&self) {
+        for fold in &self.folds {
+            fold.apply();
+        }
     }
 
     /// uint8 images `[B, H, W, 3]` (NHWC, any H×W, on any device) → network input `[B, 3, 299,
     /// 299]` in the network's dtype, per `pipeline`.
     pub fn preprocess(&self, images_u8_nhwc: &Tensor, pipeline: InputPipeline) -> Tensor {
         let size = self.config.input_size;
-        // Permute while still uint8 (cheap), then convert (toolchain-notes §2).
-        let x = images_u8_nhwc.to_device(self.device()).permute([0, 3, 1, 2]).contiguous().to_kind(self.kind());
+        let x = images_u8_nhwc.to_device(self.device()).to_kind(self.kind()); // [B,H,W,3]
+        // The result is an NCHW-shaped view of NHWC memory ("channels last"): libtorch's CPU
+        // convolutions and pools keep that layout through the network and are markedly faster in
+        // it (pytorch-fid gets it implicitly from its `permute`).
         match pipeline {
             InputPipeline::PytorchFid => {
-                let x = x / 255.0;
+                let x = x.permute([0, 3, 1, 2]) / 255.0;
                 x.upsample_bilinear2d([size, size], false, None, None) * 2.0 - 1.0
             }
-            InputPipeline::Tf1 => (tf1_resize_bilinear(&x, size, size) - 128.0) / 128.0,
+            InputPipeline::Tf1 => ((tf1_resize_bilinear_nhwc(&x, size, size) - 128.0) / 128.0).permute([0, 3, 1, 2]),
         }
     }
 
-    /// `[B, 3, 299, 299]` normalised input → all taps.
+    /// `[B, 3, 299, 299]` normalised input (as [`FidInception::preprocess`] makes it) → all taps.
     pub fn forward(&self, x: &Tensor) -> InceptionOutput {
         let _guard = tch::no_grad_guard();
         let spatial_mean = |t: &Tensor| t.mean_dim([2i64, 3].as_slice(), false, self.kind());
@@ -494,9 +529,9 @@ impl FidInception {
 /// TF-1.x `ResizeBilinear` with `align_corners=False` and legacy (not half-pixel) coordinates,
 /// evaluation.md §3.5, computed like torch-fidelity's bit-exact "slow" method: source coordinate
 /// `i · float32(in/out)` in the input's dtype, border rows/columns clamped.
-/// `x`: `[B, C, H, W]` float → `[B, C, out_h, out_w]`.
-pub fn tf1_resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
-    let (h, w) = (x.size()[2], x.size()[3]);
+/// `x`: `[B, H, W, C]` float → `[B, out_h, out_w, C]`.
+pub fn tf1_resize_bilinear_nhwc(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
+    let (h, w) = (x.size()[1], x.size()[2]);
     let axis = |n_in: i64, n_out: i64| -> (Tensor, Tensor, Tensor) {
         let scale = (n_in as f64 / n_out as f64) as f32 as f64;
         let pos = Tensor::arange(n_out, (x.kind(), x.device())) * scale;
@@ -507,16 +542,15 @@ pub fn tf1_resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
     };
     let (y0, y1, dy) = axis(h, out_h);
     let (x0, x1, dx) = axis(w, out_w);
-    let dx = dx.view([1, 1, 1, out_w]);
-    let dy = dy.view([1, 1, out_h, 1]);
-    let row = |y: &Tensor| {
-        let r = x.index_select(2, y);
-        let left = r.index_select(3, &x0);
-        let right = r.index_select(3, &x1);
-        &left + (right - &left) * &dx
-    };
-    let top = row(&y0);
-    let bottom = row(&y1);
+    let dx = dx.view([1, 1, out_w, 1]);
+    let dy = dy.view([1, out_h, 1, 1]);
+    // Interpolate along x on every input row first, then pick rows y0/y1: each output value is the
+    // same `top + (bottom − top)·dy` of the same `left + (right − left)·dx` terms as TF, with less
+    // work than interpolating the two selected rows of every output row.
+    let left = x.index_select(2, &x0);
+    let horizontal = &left + (x.index_select(2, &x1) - &left) * dx; // [B,H,out_w,C]
+    let top = horizontal.index_select(1, &y0);
+    let bottom = horizontal.index_select(1, &y1);
     &top + (bottom - &top) * dy
 }
 
