@@ -78,6 +78,8 @@ struct Side {
     spatial: Option<Stats>,
     /// Computed from images (None when only statistics were read).
     features: Option<FeatureSet>,
+    /// `stats` were read from the file (ADM: stored statistics win over the file's images).
+    stats_from_file: bool,
     /// Unreadable images skipped with --skip-bad.
     skipped: usize,
 }
@@ -163,7 +165,14 @@ fn side(name: &str, path: &Path, source: Source, extractor: Option<&Extractor>) 
             let ex = extractor.expect("network loaded for image inputs");
             let (set, skipped) = ex.folder(name, &files)?;
             ensure!(set.count() >= 2, "{}: fewer than 2 readable images", path.display());
-            Ok(Side { label, stats: set.pool3.finish()?, spatial: Some(set.spatial.finish()?), features: Some(set), skipped })
+            Ok(Side {
+                label,
+                stats: set.pool3.finish()?,
+                spatial: Some(set.spatial.finish()?),
+                features: Some(set),
+                stats_from_file: false,
+                skipped,
+            })
         }
         Source::Npz { path, has_images, has_stats } => {
             let features = match has_images {
@@ -182,7 +191,7 @@ fn side(name: &str, path: &Path, source: Source, extractor: Option<&Extractor>) 
                 let set = features.as_ref().expect("has images");
                 (set.pool3.finish()?, Some(set.spatial.finish()?))
             };
-            Ok(Side { label, stats, spatial, features, skipped: 0 })
+            Ok(Side { label, stats, spatial, features, stats_from_file: has_stats, skipped: 0 })
         }
     }
 }
@@ -270,8 +279,14 @@ pub fn run(opts: &FidOptions) -> Result<()> {
         (Some(fa), Some(fb)) => Some(precision_recall(&fa.pool3_features(), &fb.pool3_features(), ADM_K)?),
         _ => None,
     };
-    let counts: Vec<u64> = [&a, &b].iter().filter_map(|s| s.features.as_ref().map(FeatureSet::count)).collect();
-    let few = counts.iter().copied().filter(|&n| n < PUBLISHED_N).min();
+    // Only statistics computed here have a known sample count (ADM's reference statistics cover
+    // the whole training set).
+    let few = [&a, &b]
+        .iter()
+        .filter(|s| !s.stats_from_file)
+        .filter_map(|s| s.features.as_ref().map(FeatureSet::count))
+        .filter(|&n| n < PUBLISHED_N)
+        .min();
     if let Some(n) = few {
         eprintln!(
             "\n!!! WARNING: only {n} samples compared (published FIDs use {PUBLISHED_N}). FID is biased upward \
@@ -284,7 +299,7 @@ pub fn run(opts: &FidOptions) -> Result<()> {
     }
 
     let side_json = |s: &Side| -> Result<Value> {
-        let mut v = json!({ "input": s.label, "skipped": s.skipped });
+        let mut v = json!({ "input": s.label, "skipped": s.skipped, "statistics_from_file": s.stats_from_file });
         if let Some(f) = &s.features {
             v["images"] = json!(f.count());
             v["inception_score_adm"] = json!(f.inception_score.adm()?);
@@ -313,9 +328,10 @@ pub fn run(opts: &FidOptions) -> Result<()> {
     }
     let meaningless = if opts.random_weights.is_some() { "   (RANDOM WEIGHTS: meaningless)" } else { "" };
     for s in [&a, &b] {
-        let what = match &s.features {
-            Some(f) => format!("{} images, features computed", f.count()),
-            None => "statistics from the file".to_string(),
+        let what = match (&s.features, s.stats_from_file) {
+            (Some(f), false) => format!("{} images, features computed", f.count()),
+            (Some(f), true) => format!("statistics from the file; {} images' features for IS and P/R", f.count()),
+            (None, _) => "statistics from the file".to_string(),
         };
         println!("{:<28} {} ({what})", "input", s.label);
     }
