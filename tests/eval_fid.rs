@@ -143,5 +143,5 @@ fn fid_refuses_without_weights_and_for_pth() {
     let err = failure(&[i, i]);
     assert!(err.contains("pt_inception-2015-12-05-6726825d.pth") && err.contains("safetensors"), "{err}");
     let err = failure(&[i, i, "--weights", "pt_inception-2015-12-05-6726825d.pth"]);
-    assert!(err.contains("not supported yet") || err.contains("only .safetensors"), "{err}");
+    assert!(err.contains("not supported yet") && err.contains("safetensors"), "{err}");
 }

@@ -561,8 +561,8 @@ pub fn load_inception(path: &Path, device: Device, kind: Kind) -> Result<FidInce
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if ext != "safetensors" {
         bail!(
-            "{}: only .safetensors Inception weights are supported yet (no PyTorch .pth/.bin reader). \
-             Convert it once with Python:\n{}",
+            "{}: PyTorch .pth/.bin checkpoints are not supported yet (the checkpoint reader is pending); \
+             pass a .safetensors file. Convert the .pth once with Python:\n{}",
             path.display(),
             CONVERT_SNIPPET
         );
