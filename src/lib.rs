@@ -1,6 +1,8 @@
 //! Shared command-line habits of the three sftok binaries: progress reporting, device flags,
 //! error printing. The binaries only parse arguments and call `sftok-pipeline` / `sftok-model`.
 
+pub mod bench_fid;
+pub mod fid;
 pub mod progress;
 
 use anyhow::Result;

@@ -1,7 +1,10 @@
 //! `sftok-eval`: FID-family metrics and reconstructions.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use sftok::bench_fid::FeatureBench;
+use sftok::fid::FidOptions;
+use sftok_model::inception::InputPipeline;
 use sftok_model::recon::{ReconRequest, run};
 use std::path::PathBuf;
 
@@ -10,6 +13,24 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--pipeline`: how uint8 images are resized to 299 and normalised (evaluation.md §3.4).
+#[derive(Clone, Copy, ValueEnum)]
+enum Pipeline {
+    /// TF1 legacy bilinear resize, (x − 128)/128: the TF graph / ADM / reference evaluator.
+    Tf1,
+    /// pytorch-fid: half-pixel bilinear resize of x/255, then 2x − 1.
+    PytorchFid,
+}
+
+impl From<Pipeline> for InputPipeline {
+    fn from(p: Pipeline) -> Self {
+        match p {
+            Pipeline::Tf1 => InputPipeline::Tf1,
+            Pipeline::PytorchFid => InputPipeline::PytorchFid,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -56,6 +77,79 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// FID, sFID, Inception Score and precision/recall (ADM definitions) between A (reference)
+    /// and B (samples). Each is a folder of PNG/JPEG images, an .npz sample batch (`arr_0` uint8
+    /// NHWC) or an ADM reference batch / saved statistics (`mu`, `sigma`, `mu_s`, `sigma_s`).
+    #[command(after_help = "Example:\n  sftok-eval fid VIRTUAL_imagenet256_labeled.npz samples.npz \
+        --weights pt_inception-2015-12-05-6726825d.safetensors\n  \
+        sftok-eval fid val_256/ recon_256/ --weights inception.safetensors --save-stats val_256_stats.npz --json")]
+    Fid {
+        /// Reference side: image folder, .npz sample batch or statistics .npz.
+        a: PathBuf,
+        /// Sample side: image folder, .npz sample batch or statistics .npz.
+        b: PathBuf,
+        /// Write A's statistics (mu, sigma, mu_s, sigma_s; float64) as an ADM-layout .npz.
+        #[arg(long, value_name = "OUT.npz")]
+        save_stats: Option<PathBuf>,
+        /// Write B's statistics likewise.
+        #[arg(long, value_name = "OUT.npz")]
+        save_stats_b: Option<PathBuf>,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// auto | cpu | cuda | cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Images per Inception batch.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        #[arg(long, value_enum, default_value = "tf1")]
+        pipeline: Pipeline,
+        /// Run the Inception in float64 (as the reference rFID evaluator) instead of float32.
+        #[arg(long)]
+        float64: bool,
+        /// FID Inception weights (.safetensors converted from pytorch-fid's
+        /// pt_inception-2015-12-05-6726825d.pth).
+        #[arg(long, value_name = "PATH")]
+        weights: Option<PathBuf>,
+        /// Smoke tests only: a randomly initialised Inception (all numbers meaningless).
+        #[arg(long, value_name = "SEED")]
+        random_weights: Option<i64>,
+        /// Skip unreadable images (counted and reported) instead of stopping.
+        #[arg(long)]
+        skip_bad: bool,
+        /// libtorch CPU threads (default: libtorch's choice).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Benchmark: Inception feature throughput with random weights (RESULT line).
+    #[command(hide = true)]
+    BenchFeatures {
+        #[arg(long, default_value_t = 50)]
+        batch: i64,
+        #[arg(long, default_value_t = 2)]
+        batches: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 256)]
+        size: i64,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        float64: bool,
+        #[arg(long, value_enum, default_value = "pytorch-fid")]
+        pipeline: Pipeline,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+    },
+    /// Benchmark: Fréchet distance of two `mu`/`sigma` .npz files (RESULT line).
+    #[command(hide = true)]
+    BenchFrechet {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 fn main() {
@@ -66,6 +160,48 @@ fn main() {
             recon(&req)
         }
         Command::Doctor { device } => sftok::doctor(&device),
+        Command::Fid {
+            a,
+            b,
+            save_stats,
+            save_stats_b,
+            json,
+            device,
+            batch,
+            pipeline,
+            float64,
+            weights,
+            random_weights,
+            skip_bad,
+            threads,
+        } => sftok::fid::run(&FidOptions {
+            a,
+            b,
+            save_stats,
+            save_stats_b,
+            json,
+            device,
+            batch,
+            pipeline: pipeline.into(),
+            float64,
+            weights,
+            random_weights,
+            skip_bad,
+            threads,
+        }),
+        Command::BenchFeatures { batch, batches, warmup, size, threads, float64, pipeline, seed } => {
+            sftok::bench_fid::features(&FeatureBench {
+                batch,
+                batches,
+                warmup,
+                size,
+                threads,
+                float64,
+                pipeline: pipeline.into(),
+                seed,
+            })
+        }
+        Command::BenchFrechet { a, b, threads } => sftok::bench_fid::frechet(&a, &b, threads),
     });
 }
 

@@ -1,9 +1,10 @@
 //! Helpers shared by the model crate's integration tests.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -15,9 +16,7 @@ pub fn fixtures() -> PathBuf {
 
 /// The project venv's Python (tools/setup.sh), used as a test oracle.
 pub fn python() -> Command {
-    let py = repo_root().join(".venv/bin/python");
-    assert!(py.exists(), "{} missing: run tools/setup.sh (make test does) to create the oracle venv", py.display());
-    Command::new(py)
+    Command::new(python_path())
 }
 
 pub fn run_python(script: &str, args: &[&str]) {
@@ -26,7 +25,7 @@ pub fn run_python(script: &str, args: &[&str]) {
 }
 
 /// Loads a fixture file: all tensors by name.
-pub fn load_fixture(name: &str) -> std::collections::HashMap<String, Tensor> {
+pub fn load_fixture(name: &str) -> HashMap<String, Tensor> {
     let path = fixtures().join(name).join(format!("{name}.safetensors"));
     Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_iter().collect()
 }
@@ -55,4 +54,39 @@ pub fn assert_close(sidecar: &serde_json::Value, key: &str, got: &Tensor, expect
 pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// --- Fixture access by key and explicit tolerances (metric and Inception tests).
+
+
+/// `suggested_atol` of `key` in the fixture's sidecar.
+pub fn tolerance(name: &str, key: &str) -> f64 {
+    let path = fixtures().join(name).join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).expect("sidecar json");
+    json["tolerances"][key]["suggested_atol"].as_f64().unwrap_or_else(|| panic!("{name}.json: no suggested_atol for {key}"))
+}
+
+pub fn get<'a>(fx: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
+    fx.get(key).unwrap_or_else(|| panic!("fixture has no {key}"))
+}
+
+/// The venv's Python (numpy/scipy/torch oracle); a missing venv is a failure, not a skip.
+pub fn python_path() -> PathBuf {
+    let py = repo_root().join(".venv/bin/python");
+    assert!(py.exists(), "{} missing: run tools/setup.sh first (it creates the Python oracle venv)", py.display());
+    py
+}
+
+
+/// Asserts `max |got − expect| ≤ atol`, printing the error against the tolerance.
+pub fn assert_close_atol(name: &str, got: &Tensor, expect: &Tensor, atol: f64) -> f64 {
+    let err = max_abs_diff(got, expect);
+    println!("{name:<40} max abs err {err:.3e}  (tolerance {atol:.1e})");
+    assert!(err <= atol, "{name}: max abs err {err:e} > tolerance {atol:e}");
+    err
+}
+
+pub fn scalar(t: &Tensor) -> f64 {
+    t.to_kind(Kind::Double).double_value(&[])
 }

@@ -1,0 +1,89 @@
+//! Hidden benchmark commands of `sftok-eval`, printing `RESULT …` lines in the format of
+//! `shared/bench/run_bench.py`, so tools/bench-fid.sh can time them next to bench_fid_py.py.
+
+use anyhow::{Result, ensure};
+use sftok_model::inception::{FidInception, FidInceptionConfig, InputPipeline};
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+pub struct FeatureBench {
+    pub batch: i64,
+    pub batches: usize,
+    pub warmup: usize,
+    pub size: i64,
+    pub threads: Option<usize>,
+    pub float64: bool,
+    pub pipeline: InputPipeline,
+    pub seed: i64,
+}
+
+/// Process CPU time (all threads) in seconds, from /proc (Linux); None elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th/13th of them.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// Feature throughput of the FID Inception with random weights on random uint8 images, the
+/// uint8 → float conversion and resize included (as bench_fid_py.py).
+pub fn features(b: &FeatureBench) -> Result<()> {
+    ensure!(b.batch > 0 && b.batches > 0, "--batch and --batches must be positive");
+    if let Some(n) = b.threads {
+        tch::set_num_threads(n as i32);
+    }
+    let kind = if b.float64 { Kind::Double } else { Kind::Float };
+    let mut net = FidInception::new(FidInceptionConfig::default(), Device::Cpu, kind)?;
+    net.randomize(b.seed);
+    let images = Tensor::randint(256, [b.batch, b.size, b.size, 3], (Kind::Uint8, Device::Cpu));
+    for _ in 0..b.warmup {
+        net.features(&images, b.pipeline);
+    }
+    let (t0, c0) = (Instant::now(), cpu_seconds());
+    let mut pool3 = None;
+    for _ in 0..b.batches {
+        pool3 = Some(net.features(&images, b.pipeline).pool3);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = match (c0, cpu_seconds()) {
+        (Some(a), Some(z)) => z - a,
+        _ => f64::NAN,
+    };
+    let pool3 = pool3.expect("at least one batch");
+    ensure!(pool3.isfinite().all().int64_value(&[]) == 1, "non-finite features");
+    let n = (b.batch as usize * b.batches) as f64;
+    println!(
+        "RESULT fid_rs dtype={} batch={} size={} threads={} images={} seconds={seconds:.3} images_per_s={:.2} \
+         cpu_s={cpu:.3} images_per_cpu_s={:.2} load1={:.2}",
+        if b.float64 { "float64" } else { "float32" },
+        b.batch,
+        b.size,
+        tch::get_num_threads(),
+        n,
+        n / seconds,
+        n / cpu,
+        load1()
+    );
+    Ok(())
+}
+
+/// Fréchet distance of two `mu`/`sigma` files, like bench_fid_py.py's `--stats-a/--stats-b`.
+pub fn frechet(a: &Path, b: &Path, threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        tch::set_num_threads(n as i32);
+    }
+    let (sa, sb) = (crate::fid::stats_file(a)?, crate::fid::stats_file(b)?);
+    let (f, seconds) = crate::fid::timed_frechet(&sa, &sb)?;
+    println!("RESULT fid_distance_rs value={:?} seconds={seconds:.3} threads={}", f.value, tch::get_num_threads());
+    Ok(())
+}
