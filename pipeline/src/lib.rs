@@ -1,4 +1,11 @@
 //! sftok's data side: files, bytes and pixels. Never depends on libtorch.
 
+pub mod convert;
+pub mod imagenet;
+pub mod manifest;
+pub mod ordered;
 pub mod rng;
+pub mod shard;
+pub mod sniff;
 pub mod synth;
+pub mod wds;
