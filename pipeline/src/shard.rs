@@ -143,7 +143,7 @@ impl<'a> Job<'a> {
         let mut written: Vec<ShardRecord> = Vec::new();
         let split = self.plan.split.clone();
         let workers = opts.workers.max(1);
-        ordered_map(&items, workers, 8 * workers + 8, |(_, f)| prepare_sample(f, opts, self.classes), |i, prepared| {
+        ordered_map(&items, workers, IN_FLIGHT_PER_WORKER * (workers + 1), |(_, f)| prepare_sample(f, opts, self.classes), |i, prepared| {
             let shard = items[i].0;
             if open.as_ref().is_none_or(|o| o.index != shard) {
                 if let Some(done) = open.take() {
@@ -210,6 +210,10 @@ impl<'a> Job<'a> {
         Ok((m, path))
     }
 }
+
+/// Images read ahead per worker: enough to keep workers busy across uneven image costs, while
+/// memory holds only a few dozen files whatever the dataset size.
+const IN_FLIGHT_PER_WORKER: usize = 4;
 
 struct OpenShard {
     index: usize,
