@@ -41,6 +41,29 @@ pub fn decode_jpeg(bytes: &[u8], info: &JpegInfo) -> Result<Rgb, String> {
     Ok(Rgb { width: info.width, height: info.height, pixels })
 }
 
+/// `--verify full` for a JPEG stored as is: the complete decode (entropy data, IDCT, upsampling)
+/// but into the file's own colour space, since the pixels are thrown away and colour
+/// conversion cannot fail.
+pub fn check_decodes(bytes: &[u8], info: &JpegInfo) -> Result<(), String> {
+    let (out, channels) = match (info.components, info.adobe_transform) {
+        (1, _) => (ColorSpace::Luma, 1),
+        (3, Some(0)) => (ColorSpace::RGB, 3),
+        (3, _) => (ColorSpace::YCbCr, 3),
+        _ => return decode_jpeg(bytes, info).map(drop),
+    };
+    let options = DecoderOptions::default()
+        .set_max_width(MAX_SIDE)
+        .set_max_height(MAX_SIDE)
+        .jpeg_set_out_colorspace(out);
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let pixels = decoder.decode().map_err(|e| format!("JPEG decode failed: {e}"))?;
+    let dims = decoder.info().map(|i| (i.width as u32, i.height as u32));
+    if dims != Some((info.width, info.height)) || pixels.len() != info.width as usize * info.height as usize * channels {
+        return Err(format!("JPEG decode gave size {dims:?}, header says {}x{}", info.width, info.height));
+    }
+    Ok(())
+}
+
 /// PIL's CMYK → RGB: R = (255 − C)(255 − K)/255, rounded.
 fn plain_cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
     let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
@@ -120,6 +143,21 @@ mod tests {
             for c in 0..3 {
                 assert!((got[c] as i32 - want[c] as i32).abs() <= 4, "{color:?}: got {got:?}, want {want:?}");
             }
+        }
+    }
+
+    #[test]
+    fn full_check_accepts_sound_files_and_rejects_broken_entropy_tables() {
+        for color in [jpeg_encoder::ColorType::Rgb, jpeg_encoder::ColorType::Luma] {
+            let n = if color == jpeg_encoder::ColorType::Rgb { 3 } else { 1 };
+            let px: Vec<u8> = (0..40 * 24 * n).map(|i| (i * 7 % 251) as u8).collect();
+            let mut jpg = Vec::new();
+            jpeg_encoder::Encoder::new(&mut jpg, 90).encode(&px, 40, 24, color).unwrap();
+            let info = jpeg_header(&jpg).unwrap();
+            check_decodes(&jpg, &info).unwrap();
+            let dht = jpg.windows(2).position(|w| w == [0xFF, 0xC4]).unwrap();
+            jpg[dht + 5..dht + 21].fill(0xFF);
+            assert!(check_decodes(&jpg, &info).is_err());
         }
     }
 

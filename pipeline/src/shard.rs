@@ -12,7 +12,7 @@ use crate::manifest::{self, Manifest, OptionsUsed, Part, ShardEntry, ShardRecord
 use crate::ordered::ordered_map;
 use crate::sniff::{self, Kind};
 use crate::wds::{self, ShardWriter, sha256_file};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -139,32 +139,51 @@ impl<'a> Job<'a> {
             .flat_map(|m| self.shard_files(m.0).iter().map(move |f| (m.0, f)))
             .collect();
         let processed_bytes = items.iter().map(|(_, f)| f.size).sum();
-        let mut open: Option<OpenShard> = None;
-        let mut written: Vec<ShardRecord> = Vec::new();
         let split = self.plan.split.clone();
+        let (split_dir, fingerprint, classes) = (&self.split_dir, &self.fingerprint, self.classes);
         let workers = opts.workers.max(1);
-        ordered_map(&items, workers, IN_FLIGHT_PER_WORKER * (workers + 1), |(_, f)| prepare_sample(f, opts, self.classes), |i, prepared| {
-            let shard = items[i].0;
-            if open.as_ref().is_none_or(|o| o.index != shard) {
-                if let Some(done) = open.take() {
-                    written.push(done.finish(&self.split_dir, &self.fingerprint)?);
-                }
-                open = Some(OpenShard::create(&self.split_dir, &split, shard)?);
-            }
-            let o = open.as_mut().expect("shard open");
-            match prepared? {
-                Prepared::Sample { key, jpg, cls, json, converted } => {
-                    o.writer.add(&key, &[("jpg", &jpg), ("cls", cls.as_bytes()), ("json", &json)])?;
-                    o.converted += converted as usize;
-                }
-                Prepared::Skip(s) => o.skipped.push(s),
-            }
-            on_image();
-            Ok(())
+        let written = std::thread::scope(|scope| -> Result<Vec<ShardRecord>> {
+            // Finishing a shard (fsync, rename, record) overlaps with writing the next one.
+            let (to_finish, finishing) = crossbeam_channel::bounded::<OpenShard>(2);
+            let finisher =
+                scope.spawn(move || finishing.iter().map(|o| o.finish(split_dir, fingerprint)).collect::<Result<Vec<_>>>());
+            let mut open: Option<OpenShard> = None;
+            let hand_over = |done: OpenShard| to_finish.send(done).map_err(|_| anyhow!("the shard finisher stopped"));
+            let produced = ordered_map(
+                &items,
+                workers,
+                IN_FLIGHT_PER_WORKER * (workers + 1),
+                |(_, f)| prepare_sample(f, opts, classes),
+                |i, prepared| {
+                    let shard = items[i].0;
+                    if open.as_ref().is_none_or(|o| o.index != shard) {
+                        if let Some(done) = open.take() {
+                            hand_over(done)?;
+                        }
+                        open = Some(OpenShard::create(split_dir, &split, shard)?);
+                    }
+                    let o = open.as_mut().expect("shard open");
+                    match prepared? {
+                        Prepared::Sample { key, jpg, cls, json, converted } => {
+                            o.writer.add(&key, &[("jpg", &jpg), ("cls", cls.as_bytes()), ("json", &json)])?;
+                            o.converted += converted as usize;
+                        }
+                        Prepared::Skip(s) => o.skipped.push(s),
+                    }
+                    on_image();
+                    Ok(())
+                },
+            )
+            .and_then(|()| open.take().map_or(Ok(()), hand_over));
+            drop(to_finish);
+            let finished = finisher.join().expect("shard finisher panicked");
+            // A finisher error is the cause of a "finisher stopped" above, so it is reported first.
+            let records = finished?;
+            produced?;
+            Ok(records)
         })?;
-        if let Some(done) = open.take() {
-            written.push(done.finish(&self.split_dir, &self.fingerprint)?);
-        }
+        // The renames of all shards become durable before the manifest can name them.
+        wds::sync_dir(&self.split_dir)?;
         let processed = items.len();
         drop(items);
         for rec in written {
@@ -248,7 +267,8 @@ impl OpenShard {
             },
             skipped: self.skipped,
         };
-        wds::write_atomic(&manifest::record_path(split_dir, &self.name), &serde_json::to_vec_pretty(&rec)?)?;
+        // No fsync for records: a resumed run trusts a record only if the shard's sha256 matches it.
+        wds::write_replace(&manifest::record_path(split_dir, &self.name), &serde_json::to_vec_pretty(&rec)?)?;
         Ok(rec)
     }
 }
@@ -338,7 +358,12 @@ fn prepare_sample(f: &SourceFile, opts: &ShardOptions, classes: &ClassMap) -> Re
                 (4, _) => Some("CMYK JPEG"),
                 _ => None,
             };
-            if from.is_none() && opts.resize_shorter.is_none() && opts.verify == VerifyLevel::Header {
+            if from.is_none() && opts.resize_shorter.is_none() {
+                if opts.verify == VerifyLevel::Full
+                    && let Err(reason) = convert::check_decodes(&bytes, info)
+                {
+                    return skip(reason);
+                }
                 (None, None)
             } else {
                 match convert::decode_jpeg(&bytes, info) {

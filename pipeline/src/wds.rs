@@ -95,9 +95,9 @@ impl ShardWriter {
         let file = inner.into_inner().map_err(|e| e.into_error()).with_context(ctx)?;
         file.sync_all().with_context(ctx)?;
         drop(file);
+        // The directory is synced once per run, before the manifest (see `shard`), not per shard.
         fs::rename(&self.tmp, &self.dest)
             .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.dest.display()))?;
-        sync_dir(self.dest.parent().unwrap_or(Path::new(".")))?;
         Ok(ShardSummary {
             count: self.count,
             bytes,
@@ -127,6 +127,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     drop(f);
     fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Replaces `path` with `bytes` (temp name + rename, so readers never see a partial file) without
+/// waiting for the disk: for files whose loss a later run detects and repairs.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    fs::write(&tmp, bytes).with_context(|| format!("writing {} (disk full?)", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -184,7 +184,7 @@ fn parse_part(s: &str) -> Result<Part, String> {
 const SHOW_SKIPPED: usize = 50;
 
 fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Option<&str>) -> Result<()> {
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
     let classes = class_map(&opts.root)?;
     let splits: Vec<&str> = match split {
         SplitArg::Train => vec!["train"],
@@ -235,7 +235,7 @@ fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Optio
     }
     if let Some(name) = bench_result {
         let secs = start.elapsed().as_secs_f64();
-        let cpu = cpu_seconds();
+        let cpu = cpu_seconds() - cpu_start;
         println!(
             "RESULT {name} images={images} seconds={secs:.3} images_per_s={:.1} in_MB={:.1} in_MB_per_s={:.1} \
              out_MB={:.1} cpu_s={cpu:.3} images_per_cpu_s={:.1} peak_rss_MB={:.1} workers={}",
@@ -270,8 +270,9 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    if f.len() > 13 { (f[11] + f[12]) / 100.0 } else { f64::NAN }
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (tick(11) + tick(12)) / 100.0
 }
 
 /// Split folders under `path`: itself if it holds a manifest (full or partial), else its
