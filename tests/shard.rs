@@ -322,6 +322,32 @@ fn strict_unlabelled_and_full_verification_behave_as_documented() {
     assert_eq!(m["totals"]["samples"].as_u64(), Some(12));
     assert_eq!(m["skipped"][0]["path"], "train/n00000001/bad_huffman.JPEG");
     assert!(m["skipped"][0]["reason"].as_str().unwrap().contains("decode"), "{}", m["skipped"][0]);
+
+    // --resize-shorter: shorter side down to 100 (never up), long side truncated like torchvision.
+    let small = tmp.path().join("small");
+    run(prep().arg("shard").arg(&root).arg("--out").arg(&small).args([
+        "--split",
+        "val",
+        "--skip-unlabelled",
+        "--resize-shorter",
+        "100",
+        "--quality",
+        "90",
+    ]));
+    let samples = oracle(&small, &root);
+    assert_eq!(samples.len(), 6);
+    for s in &samples {
+        let dims = |v: &Value| (v[1].as_u64().unwrap(), v[0].as_u64().unwrap());
+        let ((w, h), (rw, rh)) = (dims(&s["shape"]), dims(&s["ref_shape"]));
+        if rw.min(rh) <= 100 {
+            assert_eq!((w, h), (rw, rh), "{s}");
+            continue;
+        }
+        let want = if rw <= rh { (100, 100 * rh / rw) } else { (100 * rw / rh, 100) };
+        assert_eq!((w, h), want, "{s}");
+        assert_eq!(s["meta"]["conversion"]["resized_from"], serde_json::json!([rw, rh]), "{s}");
+        assert_eq!(s["meta"]["conversion"]["quality"], 90);
+    }
 }
 
 fn shard_args(root: &Path, out: &Path, extra: &[&str]) -> Command {

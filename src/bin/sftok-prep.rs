@@ -199,7 +199,7 @@ fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Optio
         let job = Job::prepare(opts, &classes, split)?;
         let (mine, done, todo) = job.counts();
         println!(
-            "{split}: {} classes ({}), {} shards planned{}; {done} finished shard(s) kept, {todo} images to write",
+            "{split}: {} classes ({}), {} shard(s) planned{}; {done} finished shard(s) kept, {todo} images to write",
             classes.classes.len(),
             classes.source,
             job.planned_shards(),
@@ -217,7 +217,7 @@ fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Optio
         out_bytes += m.totals.bytes;
         skipped_total += m.skipped.len();
         println!(
-            "{split}: {} samples in {} shards ({:.1} MB), {} converted to RGB JPEG, {} skipped, {} non-image files ignored",
+            "{split}: {} samples in {} shard(s) ({:.1} MB), {} converted to RGB JPEG, {} skipped, {} non-image files ignored",
             m.totals.samples,
             m.totals.shards,
             m.totals.bytes as f64 / 1e6,
@@ -326,7 +326,7 @@ fn verify(path: &Path, merge: bool, workers: usize) -> Result<()> {
             println!("  problem: {p}");
         }
         println!(
-            "{}: {} shards, {} samples, {:.1} MB, {} skipped at conversion: {}",
+            "{}: {} shard(s), {} samples, {:.1} MB, {} input file(s) skipped when sharding: {}",
             m.split,
             report.shards,
             report.samples,
