@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod imagenet;
+pub mod jpeg_scan;
 pub mod manifest;
 pub mod ordered;
 pub mod rng;
