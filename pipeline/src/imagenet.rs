@@ -260,7 +260,7 @@ pub fn plan_split(root: &Path, split: &str, classes: &ClassMap, seed: u64, skip_
 }
 
 /// Keeps the shard shuffle's random stream apart from every other keyed stream of the project.
-const SHUFFLE_DOMAIN: u64 = 0x5348_4152_44; // "SHARD"
+const SHUFFLE_DOMAIN: u64 = 0x0053_4841_5244; // "SHARD"
 
 fn split_tag(split: &str) -> u64 {
     split.bytes().fold(0u64, |h, b| h.wrapping_mul(257).wrapping_add(b as u64))

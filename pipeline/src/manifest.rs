@@ -218,7 +218,7 @@ fn verify_shard(split_dir: &Path, s: &ShardEntry, n_classes: usize) -> Result<Ve
         keys.0 += 1;
         keys.1.get_or_insert_with(|| sample.key.clone());
         let cls = sample.get("cls").and_then(|c| std::str::from_utf8(c).ok()?.trim().parse::<usize>().ok());
-        if !cls.is_some_and(|c| c < n_classes) {
+        if cls.is_none_or(|c| c >= n_classes) {
             problems.push(format!("{}: sample {} has no valid .cls", s.name, sample.key));
         }
         match sample.get("jpg").map(sniff::jpeg_header) {

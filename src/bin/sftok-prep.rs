@@ -243,7 +243,7 @@ fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Optio
             in_bytes as f64 / 1e6,
             in_bytes as f64 / 1e6 / secs,
             out_bytes as f64 / 1e6,
-            images as f64 / cpu.max(1e-9),
+            images as f64 / cpu.max(0.01), // /proc reports CPU time in 10 ms ticks
             peak_rss_mb(),
             opts.workers
         );
