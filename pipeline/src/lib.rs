@@ -1,7 +1,15 @@
 //! sftok's data side: files, bytes and pixels. Never depends on libtorch.
 
 pub mod batch;
+pub mod convert;
 pub mod image_dir;
+pub mod imagenet;
+pub mod jpeg_scan;
+pub mod manifest;
+pub mod ordered;
 pub mod rng;
+pub mod shard;
+pub mod sniff;
 pub mod synth;
 pub mod transform;
+pub mod wds;

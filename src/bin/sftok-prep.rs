@@ -1,10 +1,14 @@
 //! `sftok-prep`: data preparation — synthetic ImageNet, sharding, proxy codes.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
 use sftok::progress::Progress;
+use sftok_pipeline::imagenet::class_map;
+use sftok_pipeline::manifest::{self, Part};
+use sftok_pipeline::shard::{Job, ShardOptions, VerifyLevel};
 use sftok_pipeline::synth::{SynthOptions, synth_imagenet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(name = "sftok-prep", version, about = "Prepare data for SFTok: ImageNet folders → shards → proxy codes")]
@@ -34,6 +38,72 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Convert an ImageNet folder into webdataset shards (+ manifest.json per split).
+    ///
+    /// Samples are globally shuffled with --seed; the shards are byte-identical for the same input
+    /// and options whatever --workers is. Rerunning the same command after an interruption keeps
+    /// the finished shards (checked against their sha256) and writes the rest.
+    #[command(after_help = "Example:\n  sftok-prep shard imagenet/ --out shards --split all --shard-size 1000 --seed 0\n  \
+        sftok-prep shard imagenet/ --out shards --part 2/4   # this machine writes every 4th shard\n  \
+        sftok-prep merge-manifests shards                    # after all 4 parts")]
+    Shard {
+        /// ImageNet root: holds train/<synset>/*.JPEG, val/, LOC_val_solution.csv, LOC_synset_mapping.txt.
+        root: PathBuf,
+        /// Output folder; shards go to OUT/<split>/<split>-000000.tar …
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = SplitArg::All)]
+        split: SplitArg,
+        /// Samples per shard.
+        #[arg(long, default_value_t = 1000)]
+        shard_size: usize,
+        /// Seed of the global shuffle.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Worker threads (default: all cores). Does not change the output.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// header: marker walk + end-of-image check of every file (fast); full: decode every image.
+        #[arg(long, value_enum, default_value_t = VerifyArg::Header)]
+        verify: VerifyArg,
+        /// Downscale images whose shorter side is larger than PX to PX (re-encoded at --quality).
+        #[arg(long, value_name = "PX")]
+        resize_shorter: Option<u32>,
+        /// JPEG quality of every re-encoded image (conversions, resizes).
+        #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
+        quality: u8,
+        /// Write only part K of N (1-based): shards i with i mod N = K-1, plus a partial manifest.
+        #[arg(long, value_name = "K/N", value_parser = parse_part)]
+        part: Option<Part>,
+        /// Leave val images without a label out (listed as skipped) instead of stopping.
+        #[arg(long)]
+        skip_unlabelled: bool,
+        /// Exit non-zero if any file was skipped.
+        #[arg(long)]
+        strict: bool,
+        /// Print a `RESULT NAME images=… seconds=…` line for ../shared/bench/run_bench.py.
+        #[arg(long, value_name = "NAME")]
+        bench_result: Option<String>,
+    },
+    /// Re-check every shard against its manifest (size, sha256, samples, keys) and print totals.
+    #[command(after_help = "Example:\n  sftok-prep verify shards            # every split under shards/\n  \
+        sftok-prep verify shards/train --merge   # merge the --part manifests first")]
+    Verify {
+        /// A split folder (holding manifest.json) or the --out folder of `shard`.
+        shards: PathBuf,
+        /// First merge the partial manifests of `shard --part K/N` runs.
+        #[arg(long)]
+        merge: bool,
+        /// Threads (default: all cores).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Combine the partial manifests of `shard --part K/N` runs into manifest.json; refuses if a part is missing.
+    #[command(after_help = "Example:\n  sftok-prep merge-manifests shards")]
+    MergeManifests {
+        /// A split folder or the --out folder of `shard`.
+        shards: PathBuf,
+    },
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-prep doctor --device auto")]
     Doctor {
@@ -47,7 +117,229 @@ fn main() {
     sftok::run_main(|| match Cli::parse().command {
         Command::Synth { out, classes, per_class, val, seed } => synth(out, classes, per_class, val, seed),
         Command::Doctor { device } => sftok::doctor(&device),
+        Command::Shard {
+            root,
+            out,
+            split,
+            shard_size,
+            seed,
+            workers,
+            verify,
+            resize_shorter,
+            quality,
+            part,
+            skip_unlabelled,
+            strict,
+            bench_result,
+        } => {
+            let opts = ShardOptions {
+                root,
+                out,
+                shard_size,
+                seed,
+                workers: workers.unwrap_or_else(default_workers),
+                verify: match verify {
+                    VerifyArg::Header => VerifyLevel::Header,
+                    VerifyArg::Full => VerifyLevel::Full,
+                },
+                resize_shorter,
+                quality,
+                part,
+                skip_unlabelled,
+            };
+            shard(&opts, split, strict, bench_result.as_deref())
+        }
+        Command::Verify { shards, merge, workers } => verify(&shards, merge, workers.unwrap_or_else(default_workers)),
+        Command::MergeManifests { shards } => merge_manifests(&shards),
     });
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Val,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VerifyArg {
+    Header,
+    Full,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn parse_part(s: &str) -> Result<Part, String> {
+    let (k, n) = s.split_once('/').ok_or("expected K/N, e.g. 1/4")?;
+    let (k, n): (usize, usize) = (k.parse().map_err(|_| "K is not a number")?, n.parse().map_err(|_| "N is not a number")?);
+    if n == 0 || k == 0 || k > n {
+        return Err(format!("part {k}/{n}: need 1 <= K <= N"));
+    }
+    Ok(Part { index: k, of: n })
+}
+
+/// How many skipped files the end-of-run summary lists (all of them are in the manifest).
+const SHOW_SKIPPED: usize = 50;
+
+fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Option<&str>) -> Result<()> {
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    let classes = class_map(&opts.root)?;
+    let splits: Vec<&str> = match split {
+        SplitArg::Train => vec!["train"],
+        SplitArg::Val => vec!["val"],
+        SplitArg::All => ["train", "val"].into_iter().filter(|s| opts.root.join(s).is_dir()).collect(),
+    };
+    if splits.is_empty() {
+        bail!("{} has neither train/ nor val/: is it the ImageNet root?", opts.root.display());
+    }
+    let (mut images, mut in_bytes, mut out_bytes, mut skipped_total) = (0usize, 0u64, 0u64, 0usize);
+    for split in splits {
+        let job = Job::prepare(opts, &classes, split)?;
+        let (mine, done, todo) = job.counts();
+        println!(
+            "{split}: {} classes ({}), {} shard(s) planned{}; {done} finished shard(s) kept, {todo} images to write",
+            classes.classes.len(),
+            classes.source,
+            job.planned_shards(),
+            opts.part.as_ref().map_or(String::new(), |p| format!(", {mine} in part {}/{}", p.index, p.of)),
+        );
+        for w in job.warnings() {
+            eprintln!("warning: {w}");
+        }
+        let progress = Progress::new(&format!("shard {split}"), todo as u64, "images");
+        let outcome = job.run(&|| progress.inc(1))?;
+        progress.finish();
+        let m = &outcome.manifest;
+        images += outcome.processed;
+        in_bytes += outcome.processed_bytes;
+        out_bytes += m.totals.bytes;
+        skipped_total += m.skipped.len();
+        println!(
+            "{split}: {} samples in {} shard(s) ({:.1} MB), {} converted to RGB JPEG, {} skipped, {} non-image files ignored",
+            m.totals.samples,
+            m.totals.shards,
+            m.totals.bytes as f64 / 1e6,
+            m.totals.converted,
+            m.totals.skipped,
+            m.totals.ignored_non_images
+        );
+        for s in m.skipped.iter().take(SHOW_SKIPPED) {
+            println!("  skipped {}: {}", s.path, s.reason);
+        }
+        if m.skipped.len() > SHOW_SKIPPED {
+            println!("  … {} more skipped files listed in the manifest", m.skipped.len() - SHOW_SKIPPED);
+        }
+        println!("{split}: manifest {}", outcome.manifest_path.display());
+    }
+    if let Some(name) = bench_result {
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu_start;
+        println!(
+            "RESULT {name} images={images} seconds={secs:.3} images_per_s={:.1} in_MB={:.1} in_MB_per_s={:.1} \
+             out_MB={:.1} cpu_s={cpu:.3} images_per_cpu_s={:.1} peak_rss_MB={:.1} workers={}",
+            images as f64 / secs,
+            in_bytes as f64 / 1e6,
+            in_bytes as f64 / 1e6 / secs,
+            out_bytes as f64 / 1e6,
+            images as f64 / cpu.max(0.01), // /proc reports CPU time in 10 ms ticks
+            peak_rss_mb(),
+            opts.workers
+        );
+    }
+    if strict && skipped_total > 0 {
+        bail!("{skipped_total} file(s) skipped and --strict is set (they are listed above and in the manifest)");
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
+}
+
+/// User + system CPU time of this process (all threads), from /proc/self/stat in clock ticks;
+/// Linux exposes them at USER_HZ = 100 on every mainstream architecture.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// Split folders under `path`: itself if it holds a manifest (full or partial), else its
+/// sub-folders that do.
+fn split_dirs(path: &Path) -> Result<Vec<PathBuf>> {
+    let has_manifest = |d: &Path| {
+        d.join(manifest::MANIFEST).exists()
+            || std::fs::read_dir(d).is_ok_and(|rd| {
+                rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("manifest.part-"))
+            })
+    };
+    if has_manifest(path) {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("listing {}", path.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && has_manifest(p))
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        bail!("no manifest.json under {}: run `sftok-prep shard` first (or merge-manifests after --part runs)", path.display());
+    }
+    Ok(dirs)
+}
+
+fn merge_manifests(path: &Path) -> Result<()> {
+    for dir in split_dirs(path)? {
+        let m = manifest::merge(&dir)?;
+        println!(
+            "{}: merged {} shards, {} samples, {} skipped → {}",
+            m.split,
+            m.totals.shards,
+            m.totals.samples,
+            m.totals.skipped,
+            dir.join(manifest::MANIFEST).display()
+        );
+    }
+    Ok(())
+}
+
+fn verify(path: &Path, merge: bool, workers: usize) -> Result<()> {
+    let mut bad = 0;
+    for dir in split_dirs(path)? {
+        if merge {
+            manifest::merge(&dir)?;
+        }
+        let (m, report) = manifest::verify(&dir, workers)?;
+        for p in &report.problems {
+            println!("  problem: {p}");
+        }
+        println!(
+            "{}: {} shard(s), {} samples, {:.1} MB, {} input file(s) skipped when sharding: {}",
+            m.split,
+            report.shards,
+            report.samples,
+            report.bytes as f64 / 1e6,
+            m.skipped.len(),
+            if report.problems.is_empty() { "ok".to_string() } else { format!("{} problem(s)", report.problems.len()) }
+        );
+        bad += report.problems.len();
+    }
+    if bad > 0 {
+        bail!("{bad} problem(s) found; rerun the same `sftok-prep shard` command to rewrite damaged shards");
+    }
+    Ok(())
 }
 
 fn synth(out: PathBuf, classes: usize, per_class: usize, val: usize, seed: u64) -> Result<()> {
