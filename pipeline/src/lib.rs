@@ -1,6 +1,8 @@
 //! sftok's data side: files, bytes and pixels. Never depends on libtorch.
 
 pub mod batch;
+pub mod codes;
 pub mod rng;
 pub mod synth;
 pub mod transform;
+pub mod view;

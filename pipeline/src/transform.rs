@@ -4,7 +4,9 @@
 //! and horizontal flips.
 
 use anyhow::{Context, Result, bail};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
+use crate::view::View;
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 /// Row-major RGB8 pixels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,23 +78,71 @@ pub fn crop(img: &RgbImage, left: u32, top: u32, size: u32) -> Result<RgbImage> 
 }
 
 pub fn hflip(img: &RgbImage) -> RgbImage {
-    let w = img.width as usize;
     let mut data = img.data.clone();
-    for row in data.chunks_exact_mut(w * 3) {
-        for x in 0..w / 2 {
+    hflip_rows(&mut data, img.width as usize);
+    RgbImage { width: img.width, height: img.height, data }
+}
+
+/// Mirrors each row of `width` RGB pixels in place.
+pub fn hflip_rows(data: &mut [u8], width: usize) {
+    for row in data.chunks_exact_mut(width * 3) {
+        for x in 0..width / 2 {
             for c in 0..3 {
-                row.swap(x * 3 + c, (w - 1 - x) * 3 + c);
+                row.swap(x * 3 + c, (width - 1 - x) * 3 + c);
             }
         }
     }
-    RgbImage { width: img.width, height: img.height, data }
+}
+
+/// Cuts `view` out of the image resized to `resized` (w, h) and writes the `crop`×`crop` RGB
+/// result to `out`. The crop is folded into the resize (fast_image_resize's source crop box with
+/// fractional edges), which gives the same pixels as resizing the whole image and cropping after
+/// (every output pixel keeps its source centre `(x + 0.5) · src / resized`) at a fraction of the work.
+pub fn resize_view_into(img: &RgbImage, resized: (u32, u32), crop_size: u32, view: View, out: &mut [u8]) -> Result<()> {
+    let (rw, rh) = resized;
+    let (x, y) = (view.crop_x as u32, view.crop_y as u32);
+    if x + crop_size > rw || y + crop_size > rh {
+        bail!("view {view:?} with crop {crop_size} does not fit the resized {rw}×{rh} image");
+    }
+    let need = crop_size as usize * crop_size as usize * 3;
+    if out.len() != need {
+        bail!("output buffer holds {} bytes, a {crop_size}×{crop_size} RGB image needs {need}", out.len());
+    }
+    if (rw, rh) == (img.width, img.height) {
+        // No resize (PIL and torchvision copy the image unchanged): a plain crop.
+        let row = img.width as usize * 3;
+        for (r, dst) in out.chunks_exact_mut(crop_size as usize * 3).enumerate() {
+            let start = (y as usize + r) * row + x as usize * 3;
+            dst.copy_from_slice(&img.data[start..start + dst.len()]);
+        }
+    } else {
+        let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3)?;
+        let mut dst = Image::from_slice_u8(crop_size, crop_size, out, PixelType::U8x3)?;
+        let (sx, sy) = (img.width as f64 / rw as f64, img.height as f64 / rh as f64);
+        let opts = ResizeOptions::new()
+            .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
+            .crop(x as f64 * sx, y as f64 * sy, crop_size as f64 * sx, crop_size as f64 * sy);
+        Resizer::new().resize(&src, &mut dst, &opts)?;
+    }
+    if view.flip {
+        hflip_rows(out, crop_size as usize);
+    }
+    Ok(())
+}
+
+/// `resize_view_into` to a new image: `Resize(resize_shorter_edge)`, crop at `view`, flip.
+pub fn view_transform(img: &RgbImage, resize_shorter_edge: u32, crop_size: u32, view: View) -> Result<RgbImage> {
+    let resized = resized_size(img.width, img.height, resize_shorter_edge);
+    let mut data = vec![0; crop_size as usize * crop_size as usize * 3];
+    resize_view_into(img, resized, crop_size, view, &mut data)?;
+    RgbImage::new(crop_size, crop_size, data)
 }
 
 /// Eval transform: `Resize(resize_shorter)` → `CenterCrop(crop_size)`.
 pub fn eval_transform(img: &RgbImage, resize_shorter_edge: u32, crop_size: u32) -> Result<RgbImage> {
-    let r = resize_shorter(img, resize_shorter_edge)?;
-    let (left, top) = center_crop_offsets(r.width, r.height, crop_size);
-    crop(&r, left, top, crop_size).with_context(|| format!("resize_shorter_edge {resize_shorter_edge} < crop_size {crop_size}?"))
+    let (rw, rh) = resized_size(img.width, img.height, resize_shorter_edge);
+    let view = View::center(rw, rh, crop_size).with_context(|| format!("resize_shorter_edge {resize_shorter_edge} < crop_size {crop_size}?"))?;
+    view_transform(img, resize_shorter_edge, crop_size, view)
 }
 
 #[cfg(test)]
