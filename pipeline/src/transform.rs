@@ -26,7 +26,24 @@ impl RgbImage {
 }
 
 /// Decodes JPEG/PNG/… bytes to RGB8 (grayscale and CMYK are converted).
+///
+/// RGB and grayscale JPEGs go through jpeg-decoder: its chroma upsampling replicates the last
+/// chroma row/column at the image edge as libjpeg-turbo (PIL) does, while zune-jpeg (the image
+/// crate's decoder) blends in the encoder's MCU padding there — up to 25 levels off on the last
+/// row/column of 4:2:0 images with an even height/width, which survives a near-1:1 resize and
+/// breaks parity with the reference. Everything else (CMYK, 16-bit, PNG, …) uses the image crate.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let mut decoder = jpeg_decoder::Decoder::new(bytes);
+        let pixels = decoder.decode().context("cannot decode the JPEG")?;
+        let info = decoder.info().context("JPEG without a frame header")?;
+        let (w, h) = (info.width as u32, info.height as u32);
+        match info.pixel_format {
+            jpeg_decoder::PixelFormat::RGB24 => return RgbImage::new(w, h, pixels),
+            jpeg_decoder::PixelFormat::L8 => return RgbImage::new(w, h, pixels.iter().flat_map(|&v| [v, v, v]).collect()),
+            _ => {}
+        }
+    }
     let img = image::load_from_memory(bytes).context("cannot decode the image")?.into_rgb8();
     let (w, h) = img.dimensions();
     RgbImage::new(w, h, img.into_raw())
@@ -96,8 +113,8 @@ pub fn hflip_rows(data: &mut [u8], width: usize) {
 
 /// Cuts `view` out of the image resized to `resized` (w, h) and writes the `crop`×`crop` RGB
 /// result to `out`. The crop is folded into the resize (fast_image_resize's source crop box with
-/// fractional edges), which gives the same pixels as resizing the whole image and cropping after
-/// (every output pixel keeps its source centre `(x + 0.5) · src / resized`) at a fraction of the work.
+/// fractional edges): every output pixel keeps its source centre `(x + 0.5) · src / resized` and
+/// its filter taps, as when resizing the whole image and cropping after, for less work.
 pub fn resize_view_into(img: &RgbImage, resized: (u32, u32), crop_size: u32, view: View, out: &mut [u8]) -> Result<()> {
     let (rw, rh) = resized;
     let (x, y) = (view.crop_x as u32, view.crop_y as u32);
@@ -116,13 +133,22 @@ pub fn resize_view_into(img: &RgbImage, resized: (u32, u32), crop_size: u32, vie
             dst.copy_from_slice(&img.data[start..start + dst.len()]);
         }
     } else {
-        let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3)?;
-        let mut dst = Image::from_slice_u8(crop_size, crop_size, out, PixelType::U8x3)?;
+        // Two one-dimensional passes in PIL's order, horizontal then vertical, each rounding to
+        // u8: fast_image_resize alone runs u8 images vertical-first, and the intermediate
+        // clipping of bicubic overshoot then differs from PIL by up to ~20 levels on textured
+        // images (with PIL's order: max 3–8, see the parity test).
         let (sx, sy) = (img.width as f64 / rw as f64, img.height as f64 / rh as f64);
-        let opts = ResizeOptions::new()
-            .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
-            .crop(x as f64 * sx, y as f64 * sy, crop_size as f64 * sx, crop_size as f64 * sy);
-        Resizer::new().resize(&src, &mut dst, &opts)?;
+        let (left, top) = (x as f64 * sx, y as f64 * sy);
+        // A window touching the far edge can overshoot it by a rounding error; clamp it.
+        let width = (crop_size as f64 * sx).min(img.width as f64 - left);
+        let height = (crop_size as f64 * sy).min(img.height as f64 - top);
+        let bicubic = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+        let mut resizer = Resizer::new();
+        let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3)?;
+        let mut rows = Image::new(crop_size, img.height, PixelType::U8x3);
+        resizer.resize(&src, &mut rows, &bicubic.crop(left, 0.0, width, img.height as f64))?;
+        let mut dst = Image::from_slice_u8(crop_size, crop_size, out, PixelType::U8x3)?;
+        resizer.resize(&rows, &mut dst, &bicubic.crop(0.0, top, crop_size as f64, height))?;
     }
     if view.flip {
         hflip_rows(out, crop_size as usize);
