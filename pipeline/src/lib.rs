@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod codes;
+pub mod loader;
 pub mod rng;
 pub mod synth;
 pub mod transform;
