@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 
 /// A crop window (top-left corner, in pixels of the *resized* image) plus a horizontal flip
 /// applied after the crop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct View {
     pub crop_x: u16,
     pub crop_y: u16,

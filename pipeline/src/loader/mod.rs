@@ -14,6 +14,7 @@
 //! replays the reader up to that position without decoding anything (it still reads the skipped
 //! part of the shards: the shuffle buffer's contents depend on it).
 
+pub mod bench;
 pub mod order;
 pub mod sample;
 pub mod sources;
