@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use sources::Shard;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use tar_samples::{TarSample, for_each_sample};
 
 /// Everything that shapes the batch stream. Start from [`LoaderConfig::train`] or
@@ -199,13 +201,27 @@ pub struct EpochReport {
     pub dropped: u64,
 }
 
-/// The loader. Drop it to stop its threads.
+/// The loader. Dropping it stops its threads and abandons the prefetched work at once (a
+/// trainer switching to an eval loader should not share the cores with a dying one).
 pub struct Loader {
     rx: Receiver<Result<(Batch, LoaderState)>>,
     state: LoaderState,
     reports: Arc<Mutex<Vec<EpochReport>>>,
     code_meta: Option<CodeMeta>,
     done: bool,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Disconnect the batch channel so an assembler blocked on a full channel wakes up.
+        drop(std::mem::replace(&mut self.rx, bounded(0).1));
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The reader gives up quietly with this when the consumer has gone.
@@ -277,9 +293,19 @@ impl Loader {
         let (event_tx, event_rx) = unbounded();
         let (batch_tx, batch_rx) = bounded(cfg.prefetch);
         let reports = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
 
-        let reader = Reader { cfg: cfg.clone(), shards: Arc::new(shards), store, pool, credits: credit_rx, events: event_tx, start: state.clone() };
-        std::thread::Builder::new().name("sftok-reader".into()).spawn(move || reader.run()).context("starting the reader thread")?;
+        let reader = Reader {
+            cfg: cfg.clone(),
+            shards: Arc::new(shards),
+            store,
+            pool,
+            credits: credit_rx,
+            events: event_tx,
+            start: state.clone(),
+            stop: stop.clone(),
+        };
+        let reader = std::thread::Builder::new().name("sftok-reader".into()).spawn(move || reader.run()).context("starting the reader thread")?;
         let assembler = Assembler {
             cfg,
             codes_per_image: code_meta.as_ref().map_or(0, |m| m.codes_per_image),
@@ -288,9 +314,10 @@ impl Loader {
             out: batch_tx,
             state: state.clone(),
             reports: reports.clone(),
+            stop: stop.clone(),
         };
-        std::thread::Builder::new().name("sftok-assembler".into()).spawn(move || assembler.run()).context("starting the assembler thread")?;
-        Ok(Loader { rx: batch_rx, state, reports, code_meta, done: false })
+        let assembler = std::thread::Builder::new().name("sftok-assembler".into()).spawn(move || assembler.run()).context("starting the assembler thread")?;
+        Ok(Loader { rx: batch_rx, state, reports, code_meta, done: false, stop, threads: vec![reader, assembler] })
     }
 
     /// Accounts of the epochs finished so far.
@@ -343,6 +370,7 @@ struct Reader {
     credits: Receiver<()>,
     events: Sender<(u64, Event)>,
     start: LoaderState,
+    stop: Arc<AtomicBool>,
 }
 
 impl Reader {
@@ -384,11 +412,16 @@ impl Reader {
                 bail!("shard {shard}: key {} has no proxy codes in {codes_dir} (compute them, or set skip_missing_codes to skip such samples)", sample.key);
             }
             self.credits.recv().map_err(|_| Stopped)?;
-            let (events, spec, seed, s) = (self.events.clone(), cfg.spec(), cfg.seed, *seq);
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(Stopped.into());
+            }
+            let (events, spec, seed, s, stop) = (self.events.clone(), cfg.spec(), cfg.seed, *seq, self.stop.clone());
             *seq += 1;
             self.pool.spawn(move || {
                 let key = sample.key.clone();
-                let result = process(sample, code, spec, seed, epoch);
+                // After a stop the result is never used: answer at once so the assembler is not
+                // left waiting for it.
+                let result = if stop.load(Ordering::Relaxed) { Err("loader stopped".into()) } else { process(sample, code, spec, seed, epoch) };
                 let _ = events.send((s, Event::Sample { epoch, idx: i, shard, key, result }));
             });
             Ok(())
@@ -439,6 +472,7 @@ struct Assembler {
     /// Position after the last batch sent.
     state: LoaderState,
     reports: Arc<Mutex<Vec<EpochReport>>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Assembler {
@@ -449,6 +483,9 @@ impl Assembler {
         let mut skipped = self.state.skipped_in_epoch;
         let mut batches = self.state.batches_in_epoch;
         while let Ok((seq, event)) = self.events.recv() {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
             pending.insert(seq, event);
             while let Some(event) = pending.remove(&next) {
                 next += 1;
