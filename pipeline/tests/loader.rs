@@ -76,8 +76,19 @@ fn fake_codes(key: &str, view: u8, n: usize) -> Vec<u16> {
     (0..n as u16).map(|i| h.wrapping_add(i)).collect()
 }
 
-/// A code store for `items` in shards of `per_shard`: `v` views per image from `views_for`.
-fn write_store(dir: &Path, items: &[Item], per_shard: usize, resize: u32, crop: u32, v: usize, n: usize, skip_key: Option<&str>) -> BTreeMap<String, Vec<View>> {
+/// A code store for `items` in shards of `per_shard`: `v` views per image from `views_for`, `n`
+/// codes per view, nothing for `skip_key`.
+struct StoreSpec<'a> {
+    per_shard: usize,
+    resize: u32,
+    crop: u32,
+    v: usize,
+    n: usize,
+    skip_key: Option<&'a str>,
+}
+
+fn write_store(dir: &Path, items: &[Item], spec: StoreSpec) -> BTreeMap<String, Vec<View>> {
+    let StoreSpec { per_shard, resize, crop, v, n, skip_key } = spec;
     std::fs::create_dir_all(dir).unwrap();
     let meta = CodeMeta {
         teacher_sha256: "00".repeat(32),
@@ -110,7 +121,7 @@ fn with_codes_each_sample_is_cut_exactly_as_its_stored_view() {
     let items = synth_items(tmp.path(), 3, 4, 5);
     let shards = tmp.path().join("shards");
     write_shards(&shards, &items, 5);
-    let views = write_store(&tmp.path().join("codes"), &items, 5, 256, 256, 10, 16, None);
+    let views = write_store(&tmp.path().join("codes"), &items, StoreSpec { per_shard: 5, resize: 256, crop: 256, v: 10, n: 16, skip_key: None });
     let mut cfg = LoaderConfig::train(vec![shards.display().to_string()]);
     cfg.batch_size = 4;
     cfg.shuffle_buffer = 5;
@@ -182,7 +193,7 @@ fn resume_in_a_fresh_process(with_codes: bool) {
     let shards = tmp.path().join("shards");
     write_shards(&shards, &items, 8);
     let codes = with_codes.then(|| {
-        write_store(&tmp.path().join("codes"), &items, 8, 72, 64, 4, 8, None);
+        write_store(&tmp.path().join("codes"), &items, StoreSpec { per_shard: 8, resize: 72, crop: 64, v: 4, n: 8, skip_key: None });
         tmp.path().join("codes")
     });
     // 24 samples, batch 5, last partial dropped: 4 batches an epoch, so 10 batches span 3 epochs
@@ -299,7 +310,7 @@ fn bad_samples_are_skipped_and_counted_and_broken_tars_and_missing_codes_are_nam
     let good: Vec<Item> = items[..2].to_vec();
     let codes_shards = tmp.path().join("codes-shards");
     write_shards(&codes_shards, &good, 8);
-    write_store(&tmp.path().join("codes"), &good, 8, 256, 256, 2, 4, Some(&good[1].key));
+    write_store(&tmp.path().join("codes"), &good, StoreSpec { per_shard: 8, resize: 256, crop: 256, v: 2, n: 4, skip_key: Some(&good[1].key) });
     let mut with_codes = LoaderConfig::eval(vec![codes_shards.display().to_string()]);
     with_codes.codes = Some(tmp.path().join("codes"));
     let err = all_batches_err(&mut Loader::new(with_codes.clone()).unwrap());

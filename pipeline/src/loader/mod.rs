@@ -274,10 +274,10 @@ impl Loader {
 
     fn start(cfg: LoaderConfig, shards: Vec<Shard>, state: LoaderState) -> Result<Loader> {
         let store = cfg.codes.as_deref().map(ProxyCodeStore::open).transpose()?;
-        if let Some(store) = &store {
-            if store.meta().image_size != cfg.crop_size {
-                bail!("proxy codes in {} were computed on {}px crops, the loader cuts {}px", store.dir().display(), store.meta().image_size, cfg.crop_size);
-            }
+        if let Some(store) = &store
+            && store.meta().image_size != cfg.crop_size
+        {
+            bail!("proxy codes in {} were computed on {}px crops, the loader cuts {}px", store.dir().display(), store.meta().image_size, cfg.crop_size);
         }
         let code_meta = store.as_ref().map(|s| s.meta().clone());
         let pool = rayon::ThreadPoolBuilder::new()

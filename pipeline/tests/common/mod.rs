@@ -115,8 +115,11 @@ for line in open(reqs):
 open(out, "wb").write(b"".join(chunks))
 "#;
 
-/// Oracle pixels for `(path, Some((x, y, flip)) | None = center crop)` requests.
-pub fn oracle(dir: &Path, size: u32, crop: u32, requests: &[(PathBuf, Option<(u16, u16, bool)>)]) -> Vec<u8> {
+/// One oracle request: the JPEG, and `Some((x, y, flip))` or `None` for the center crop.
+pub type Request = (PathBuf, Option<(u16, u16, bool)>);
+
+/// Oracle pixels for the requests, concatenated.
+pub fn oracle(dir: &Path, size: u32, crop: u32, requests: &[Request]) -> Vec<u8> {
     let reqs = dir.join("oracle-requests.txt");
     let out = dir.join("oracle-out.bin");
     let text: String = requests
