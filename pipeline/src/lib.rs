@@ -1,10 +1,12 @@
 //! sftok's data side: files, bytes and pixels. Never depends on libtorch.
 
 pub mod batch;
+pub mod codes;
 pub mod convert;
 pub mod image_dir;
 pub mod imagenet;
 pub mod jpeg_scan;
+pub mod loader;
 pub mod manifest;
 pub mod ordered;
 pub mod rng;
@@ -12,4 +14,5 @@ pub mod shard;
 pub mod sniff;
 pub mod synth;
 pub mod transform;
+pub mod view;
 pub mod wds;

@@ -4,7 +4,9 @@
 //! and horizontal flips.
 
 use anyhow::{Context, Result, bail};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
+use crate::view::View;
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 /// Row-major RGB8 pixels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +26,24 @@ impl RgbImage {
 }
 
 /// Decodes JPEG/PNG/… bytes to RGB8 (grayscale and CMYK are converted).
+///
+/// RGB and grayscale JPEGs go through jpeg-decoder: its chroma upsampling replicates the last
+/// chroma row/column at the image edge as libjpeg-turbo (PIL) does, while zune-jpeg (the image
+/// crate's decoder) blends in the encoder's MCU padding there — up to 25 levels off on the last
+/// row/column of 4:2:0 images with an even height/width, which survives a near-1:1 resize and
+/// breaks parity with the reference. Everything else (CMYK, 16-bit, PNG, …) uses the image crate.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let mut decoder = jpeg_decoder::Decoder::new(bytes);
+        let pixels = decoder.decode().context("cannot decode the JPEG")?;
+        let info = decoder.info().context("JPEG without a frame header")?;
+        let (w, h) = (info.width as u32, info.height as u32);
+        match info.pixel_format {
+            jpeg_decoder::PixelFormat::RGB24 => return RgbImage::new(w, h, pixels),
+            jpeg_decoder::PixelFormat::L8 => return RgbImage::new(w, h, pixels.iter().flat_map(|&v| [v, v, v]).collect()),
+            _ => {}
+        }
+    }
     let img = image::load_from_memory(bytes).context("cannot decode the image")?.into_rgb8();
     let (w, h) = img.dimensions();
     RgbImage::new(w, h, img.into_raw())
@@ -76,23 +95,80 @@ pub fn crop(img: &RgbImage, left: u32, top: u32, size: u32) -> Result<RgbImage> 
 }
 
 pub fn hflip(img: &RgbImage) -> RgbImage {
-    let w = img.width as usize;
     let mut data = img.data.clone();
-    for row in data.chunks_exact_mut(w * 3) {
-        for x in 0..w / 2 {
+    hflip_rows(&mut data, img.width as usize);
+    RgbImage { width: img.width, height: img.height, data }
+}
+
+/// Mirrors each row of `width` RGB pixels in place.
+pub fn hflip_rows(data: &mut [u8], width: usize) {
+    for row in data.chunks_exact_mut(width * 3) {
+        for x in 0..width / 2 {
             for c in 0..3 {
-                row.swap(x * 3 + c, (w - 1 - x) * 3 + c);
+                row.swap(x * 3 + c, (width - 1 - x) * 3 + c);
             }
         }
     }
-    RgbImage { width: img.width, height: img.height, data }
+}
+
+/// Cuts `view` out of the image resized to `resized` (w, h) and writes the `crop`×`crop` RGB
+/// result to `out`. The crop is folded into the resize (fast_image_resize's source crop box with
+/// fractional edges): every output pixel keeps its source centre `(x + 0.5) · src / resized` and
+/// its filter taps, as when resizing the whole image and cropping after, for less work.
+pub fn resize_view_into(img: &RgbImage, resized: (u32, u32), crop_size: u32, view: View, out: &mut [u8]) -> Result<()> {
+    let (rw, rh) = resized;
+    let (x, y) = (view.crop_x as u32, view.crop_y as u32);
+    if x + crop_size > rw || y + crop_size > rh {
+        bail!("view {view:?} with crop {crop_size} does not fit the resized {rw}×{rh} image");
+    }
+    let need = crop_size as usize * crop_size as usize * 3;
+    if out.len() != need {
+        bail!("output buffer holds {} bytes, a {crop_size}×{crop_size} RGB image needs {need}", out.len());
+    }
+    if (rw, rh) == (img.width, img.height) {
+        // No resize (PIL and torchvision copy the image unchanged): a plain crop.
+        let row = img.width as usize * 3;
+        for (r, dst) in out.chunks_exact_mut(crop_size as usize * 3).enumerate() {
+            let start = (y as usize + r) * row + x as usize * 3;
+            dst.copy_from_slice(&img.data[start..start + dst.len()]);
+        }
+    } else {
+        // Two one-dimensional passes in PIL's order, horizontal then vertical, each rounding to
+        // u8: fast_image_resize alone runs u8 images vertical-first, and the intermediate
+        // clipping of bicubic overshoot then differs from PIL by up to ~20 levels on textured
+        // images (with PIL's order: max 3–8, see the parity test).
+        let (sx, sy) = (img.width as f64 / rw as f64, img.height as f64 / rh as f64);
+        let (left, top) = (x as f64 * sx, y as f64 * sy);
+        // A window touching the far edge can overshoot it by a rounding error; clamp it.
+        let width = (crop_size as f64 * sx).min(img.width as f64 - left);
+        let height = (crop_size as f64 * sy).min(img.height as f64 - top);
+        let bicubic = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+        let mut resizer = Resizer::new();
+        let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3)?;
+        let mut rows = Image::new(crop_size, img.height, PixelType::U8x3);
+        resizer.resize(&src, &mut rows, &bicubic.crop(left, 0.0, width, img.height as f64))?;
+        let mut dst = Image::from_slice_u8(crop_size, crop_size, out, PixelType::U8x3)?;
+        resizer.resize(&rows, &mut dst, &bicubic.crop(0.0, top, crop_size as f64, height))?;
+    }
+    if view.flip {
+        hflip_rows(out, crop_size as usize);
+    }
+    Ok(())
+}
+
+/// `resize_view_into` to a new image: `Resize(resize_shorter_edge)`, crop at `view`, flip.
+pub fn view_transform(img: &RgbImage, resize_shorter_edge: u32, crop_size: u32, view: View) -> Result<RgbImage> {
+    let resized = resized_size(img.width, img.height, resize_shorter_edge);
+    let mut data = vec![0; crop_size as usize * crop_size as usize * 3];
+    resize_view_into(img, resized, crop_size, view, &mut data)?;
+    RgbImage::new(crop_size, crop_size, data)
 }
 
 /// Eval transform: `Resize(resize_shorter)` → `CenterCrop(crop_size)`.
 pub fn eval_transform(img: &RgbImage, resize_shorter_edge: u32, crop_size: u32) -> Result<RgbImage> {
-    let r = resize_shorter(img, resize_shorter_edge)?;
-    let (left, top) = center_crop_offsets(r.width, r.height, crop_size);
-    crop(&r, left, top, crop_size).with_context(|| format!("resize_shorter_edge {resize_shorter_edge} < crop_size {crop_size}?"))
+    let (rw, rh) = resized_size(img.width, img.height, resize_shorter_edge);
+    let view = View::center(rw, rh, crop_size).with_context(|| format!("resize_shorter_edge {resize_shorter_edge} < crop_size {crop_size}?"))?;
+    view_transform(img, resize_shorter_edge, crop_size, view)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use sftok::progress::Progress;
 use sftok_pipeline::imagenet::class_map;
 use sftok_pipeline::manifest::{self, Part};
 use sftok_pipeline::shard::{Job, ShardOptions, VerifyLevel};
+use sftok_pipeline::loader::LoaderConfig;
+use sftok_pipeline::loader::bench::{BenchOptions, bench_load as run_bench, load1};
 use sftok_pipeline::synth::{SynthOptions, synth_imagenet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -104,6 +106,36 @@ enum Command {
         /// A split folder or the --out folder of `shard`.
         shards: PathBuf,
     },
+    /// Time the training loader on shards (RESULT lines, comparable with bench_load_py.py).
+    #[command(after_help = "Example:\n  sftok-prep bench-load SHARDS/train --batch 64 --workers 2")]
+    BenchLoad {
+        /// Shard directory, manifest.json, .tar file or brace pattern (repeatable).
+        #[arg(required = true)]
+        shards: Vec<String>,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Decode threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Untimed batches first.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Timed batches.
+        #[arg(long, default_value_t = 30)]
+        batches: usize,
+        /// Eval transform (Resize + CenterCrop, no shuffling) instead of the train transform.
+        #[arg(long)]
+        eval: bool,
+        /// Shuffle buffer (train).
+        #[arg(long, default_value_t = 5000)]
+        shuffle_buf: usize,
+        /// Images for the in-memory decode-only and decode+transform rates (0 = skip).
+        #[arg(long, default_value_t = 300)]
+        decode_images: usize,
+        /// Free-form label echoed in the RESULT lines.
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-prep doctor --device auto")]
     Doctor {
@@ -116,6 +148,9 @@ enum Command {
 fn main() {
     sftok::run_main(|| match Cli::parse().command {
         Command::Synth { out, classes, per_class, val, seed } => synth(out, classes, per_class, val, seed),
+        Command::BenchLoad { shards, batch, workers, warmup, batches, eval, shuffle_buf, decode_images, tag } => {
+            bench_load(shards, batch, workers, warmup, batches, eval, shuffle_buf, decode_images, &tag)
+        }
         Command::Doctor { device } => sftok::doctor(&device),
         Command::Shard {
             root,
@@ -358,5 +393,31 @@ fn synth(out: PathBuf, classes: usize, per_class: usize, val: usize, seed: u64) 
         summary.mean_width,
         summary.mean_height
     );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, batches: usize, eval: bool, shuffle_buf: usize, decode_images: usize, tag: &str) -> Result<()> {
+    let mut loader = if eval { LoaderConfig::eval(shards) } else { LoaderConfig::train(shards) };
+    (loader.batch_size, loader.workers, loader.epochs) = (batch, workers, None);
+    if !eval {
+        loader.shuffle_buffer = shuffle_buf;
+    }
+    let report = run_bench(&BenchOptions { loader, warmup, batches, decode_images })?;
+    let tag = if tag.is_empty() { String::new() } else { format!(" tag={tag}") };
+    let mode = if eval { "eval" } else { "train" };
+    let r = &report.loader;
+    println!(
+        "RESULT load_rust{tag} transform={mode} batch={batch} workers={workers} images={} seconds={:.3} images_per_s={:.1} cpu_s={:.2} images_per_cpu_s={:.1} peak_rss_mb={:.0} load1={:.2}",
+        r.images, r.seconds, r.images_per_s(), r.cpu_s, r.images_per_cpu_s(), report.peak_rss_mb, load1()
+    );
+    for (name, rate) in [("load_rust_decode_only", &report.decode), ("load_rust_decode_transform", &report.transform)] {
+        if let Some(d) = rate {
+            println!(
+                "RESULT {name}{tag} workers={workers} images={} seconds={:.3} images_per_s={:.1} cpu_s={:.2} images_per_cpu_s={:.1} loader_fraction={:.3} load1={:.2}",
+                d.images, d.seconds, d.images_per_s(), d.cpu_s, d.images_per_cpu_s(), r.images_per_s() / d.images_per_s(), load1()
+            );
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,126 @@
+//! `sftok-prep bench-load`: the loader's throughput next to the decoder's raw rate on the same
+//! shards, in `RESULT name key=value` lines like ../shared/bench/bench_load_py.py prints.
+
+use super::sources;
+use super::tar_samples::for_each_sample;
+use super::{Loader, LoaderConfig};
+use crate::batch::BatchStream;
+use crate::transform::{decode_rgb, resize_view_into, resized_size};
+use crate::view::View;
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub loader: LoaderConfig,
+    pub warmup: usize,
+    pub batches: usize,
+    /// Images for the in-memory decode-only and decode+transform rates (0: skip).
+    pub decode_images: usize,
+}
+
+/// One measurement: images, wall seconds, process CPU seconds.
+#[derive(Clone, Debug)]
+pub struct Rate {
+    pub images: usize,
+    pub seconds: f64,
+    pub cpu_s: f64,
+}
+
+impl Rate {
+    pub fn images_per_s(&self) -> f64 {
+        self.images as f64 / self.seconds
+    }
+
+    pub fn images_per_cpu_s(&self) -> f64 {
+        self.images as f64 / self.cpu_s
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub loader: Rate,
+    /// Bytes → RGB only, on a pool of the loader's worker count, input in memory.
+    pub decode: Option<Rate>,
+    /// Decode + resize + crop, same pool, input in memory.
+    pub transform: Option<Rate>,
+    pub peak_rss_mb: f64,
+}
+
+pub fn bench_load(opts: &BenchOptions) -> Result<BenchReport> {
+    let mut loader = Loader::new(opts.loader.clone())?;
+    for _ in 0..opts.warmup {
+        loader.next_batch()?.context("the shards ran out during warm-up: use fewer --warmup batches or more epochs")?;
+    }
+    let (t0, c0) = (Instant::now(), cpu_seconds()?);
+    let mut images = 0;
+    for _ in 0..opts.batches {
+        images += loader.next_batch()?.context("the shards ran out: use fewer --batches")?.len();
+    }
+    let rate = Rate { images, seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_seconds()? - c0 };
+    drop(loader);
+    let (decode, transform) = if opts.decode_images > 0 { decode_rates(opts)? } else { (None, None) };
+    Ok(BenchReport { loader: rate, decode, transform, peak_rss_mb: peak_rss_mb()? })
+}
+
+fn decode_rates(opts: &BenchOptions) -> Result<(Option<Rate>, Option<Rate>)> {
+    let mut blobs = Vec::new();
+    'shards: for shard in sources::resolve(&opts.loader.sources)? {
+        let mut full = false;
+        for_each_sample(&shard.path, |s| {
+            if let Some(img) = s.image.filter(|_| !full) {
+                blobs.push(img);
+                full = blobs.len() == opts.decode_images;
+            }
+            Ok(())
+        })?;
+        if full {
+            break 'shards;
+        }
+    }
+    if blobs.is_empty() {
+        bail!("no images in the shards");
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.loader.workers).build()?;
+    let cfg = &opts.loader;
+    let time = |f: &(dyn Fn(&Vec<u8>) -> Result<()> + Sync)| -> Result<Rate> {
+        // An untimed pass first: the allocator's first big buffers are fresh mmap'd pages, whose
+        // faults would otherwise be charged to whichever rate is measured first.
+        pool.install(|| blobs.par_iter().take(64).try_for_each(f))?;
+        let (t0, c0) = (Instant::now(), cpu_seconds()?);
+        pool.install(|| blobs.par_iter().try_for_each(f))?;
+        Ok(Rate { images: blobs.len(), seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_seconds()? - c0 })
+    };
+    let decode = time(&|b| decode_rgb(b).map(drop))?;
+    let transform = time(&|b| {
+        let img = decode_rgb(b)?;
+        let (rw, rh) = resized_size(img.width, img.height, cfg.resize_shorter_edge);
+        let mut out = vec![0; (cfg.crop_size as usize).pow(2) * 3];
+        resize_view_into(&img, (rw, rh), cfg.crop_size, View::center(rw, rh, cfg.crop_size)?, &mut out)
+    })?;
+    Ok((Some(decode), Some(transform)))
+}
+
+/// user + system CPU seconds of this process, all threads (Linux /proc, USER_HZ = 100).
+fn cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat (Linux only)")?;
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).context("unexpected /proc/self/stat layout");
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+fn peak_rss_mb() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kb / 1024.0)
+}
+
+/// The 1-minute load average, to spot disturbed runs.
+pub fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN)
+}
