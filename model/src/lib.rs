@@ -10,6 +10,7 @@ pub mod inception;
 pub mod losses;
 pub mod multistep_decoder;
 pub mod optvq;
+pub mod proxy_codes;
 pub mod recon;
 pub mod sftok;
 pub mod titok_encoder;

@@ -136,6 +136,40 @@ enum Command {
         #[arg(long, default_value = "")]
         tag: String,
     },
+    /// Run the MaskGIT-VQGAN teacher over fixed views of every image → one Parquet file of proxy codes per shard.
+    #[command(after_help = "Example:\n  sftok-prep proxy-codes --teacher maskgit-vqgan-imagenet-f16-256.bin --shards shards/train --out codes/train\n\n\
+        Views (--views V): V = 1 is the eval center crop; an even V is V/2 crop offsets evenly spaced along the\n\
+        long side (ends included, short side centered) × {no flip, flip}. Default 10 (the ten-crop practice).\n\
+        Finished per-shard files are kept when the command is re-run (resume); --part K/N splits the shards.")]
+    ProxyCodes {
+        /// Teacher checkpoint (maskgit-vqgan-imagenet-f16-256.bin, .pth or .safetensors), or random:SEED for smoke tests.
+        #[arg(long)]
+        teacher: String,
+        /// Shard directory, manifest.json or brace pattern.
+        #[arg(long)]
+        shards: String,
+        /// Output directory for the Parquet files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Stored views per image (1, or an even number).
+        #[arg(long, default_value_t = 10)]
+        views: usize,
+        /// Shorter edge after resizing (dataset.preprocessing.resize_shorter_edge).
+        #[arg(long, default_value_t = 256)]
+        resize_shorter: u32,
+        /// Crop size (dataset.preprocessing.crop_size); the teacher grid is crop/16 per side.
+        #[arg(long, default_value_t = 256)]
+        crop: u32,
+        /// Views per teacher forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// auto | cpu | cuda | cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Do shards K, K+N, … of this conversion (1-based), e.g. 2/8.
+        #[arg(long, default_value = "1/1")]
+        part: String,
+    },
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-prep doctor --device auto")]
     Doctor {
@@ -152,6 +186,9 @@ fn main() {
             bench_load(shards, batch, workers, warmup, batches, eval, shuffle_buf, decode_images, &tag)
         }
         Command::Doctor { device } => sftok::doctor(&device),
+        Command::ProxyCodes { teacher, shards, out, views, resize_shorter, crop, batch, device, part } => {
+            proxy_codes(teacher, shards, out, views, resize_shorter, crop, batch, &device, &part)
+        }
         Command::Shard {
             root,
             out,
@@ -419,5 +456,52 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
             );
         }
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resize_shorter: u32, crop: u32, batch: usize, device: &str, part: &str) -> Result<()> {
+    use sftok_model::proxy_codes::{ProxyCodesRequest, plan, run};
+    let (k, n) = part.split_once('/').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?))).context("--part: expected K/N, e.g. 1/4")?;
+    let device = sftok_model::device::parse_device(device)?;
+    if teacher.starts_with("random:") {
+        eprintln!("warning: --teacher {teacher}: a randomly initialised teacher (no weights ship with sftok); these codes only exercise the pipeline");
+    }
+    let req = ProxyCodesRequest { teacher, shards, out, views, resize_shorter_edge: resize_shorter, crop_size: crop, device, batch, part: (k, n) };
+    let todo = plan(&req)?;
+    let pending: Vec<_> = todo.iter().filter(|(_, d)| !d.is_file()).collect();
+    // Sample counts for the progress bar, from the shards' manifest when there is one.
+    let counts = |s: &sftok_pipeline::loader::sources::Shard| -> u64 {
+        let m = s.path.parent().map(|d| d.join(sftok_pipeline::manifest::MANIFEST));
+        m.and_then(|m| sftok_pipeline::manifest::Manifest::read(&m).ok())
+            .and_then(|m| m.shards.iter().find(|e| e.name == s.name).map(|e| e.count as u64))
+            .unwrap_or(0)
+    };
+    let images: u64 = pending.iter().map(|(s, _)| counts(s)).sum();
+    eprintln!("{} shard(s) in part {k}/{n}: {} to do, {} already done; device {}", todo.len(), pending.len(), todo.len() - pending.len(), sftok_model::device::describe(device));
+    let progress = Progress::new("proxy-codes", images * views as u64, "views");
+    let t0 = std::time::Instant::now();
+    let sum = run(&req, &|n| progress.inc(n))?;
+    progress.finish();
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{} shard(s) written, {} kept; {} images, {} views in {secs:.1} s ({:.1} views/s); {} of 1024 teacher codes used",
+        sum.shards_written,
+        sum.shards_kept,
+        sum.images,
+        sum.views,
+        sum.views as f64 / secs.max(1e-9),
+        sum.codes_used()
+    );
+    if sum.views > 0 && sum.codes_used() < 16 {
+        eprintln!("warning: only {} distinct codes: a broken teacher load (or a random teacher) looks like this", sum.codes_used());
+    }
+    if !sum.skipped.is_empty() {
+        eprintln!("{} sample(s) skipped (undecodable):", sum.skipped.len());
+        for (shard, key, why) in &sum.skipped {
+            eprintln!("  {shard} / {key}: {why}");
+        }
+    }
+    println!("codes: {}", req.out.display());
     Ok(())
 }
