@@ -24,7 +24,37 @@ rm -rf "$out/shards"
 "$bin/sftok-prep" shard "$out/imagenet" --out "$out/shards" --split all --shard-size 32 --seed 0
 "$bin/sftok-prep" verify "$out/shards"
 
+# The tiny configs name their data relatively (shards/, codes/, outputs/): run from $out.
+cd "$out"
+val_images=$(ls imagenet/val/*.JPEG | head -n 8)
+
+step "5. proxy codes of a RANDOMLY INITIALISED teacher (sftok-prep proxy-codes)"
+echo "   (no weights ship with sftok: with the real maskgit-vqgan-imagenet-f16-256.bin these codes would mean something)"
+rm -rf codes
+"$bin/sftok-prep" proxy-codes --teacher random:0 --shards shards/train --out codes/train --views 2 --resize-shorter 64 --crop 64 --device cpu
+
+step "6. stage 1 — warming up (sftok-train stage1, tiny model, CPU)"
+rm -rf outputs
+"$bin/sftok-train" stage1 --config "$root/configs/tiny/sftok_tiny_stage1.yaml" --device cpu --teacher random:0 \
+  training.max_train_steps=200 experiment.save_every=100 experiment.generate_every=100
+
+step "7. stage 2 — self-forcing from stage 1's EMA weights (sftok-train stage2)"
+"$bin/sftok-train" stage2 --config "$root/configs/tiny/sftok_tiny_stage2.yaml" --device cpu --teacher random:0 \
+  training.max_train_steps=100 experiment.save_every=100 experiment.generate_every=50
+
+step "8. reconstructions with the trained model (sftok-eval recon)"
+# shellcheck disable=SC2086
+"$bin/sftok-eval" recon --checkpoint outputs/sftok_tiny_stage2_run1/ema_model --teacher random:0 --device cpu \
+  --out recon --images $val_images
+
+step "9. FID of the reconstructions (sftok-eval fid, RANDOM-WEIGHT Inception: a smoke test, not a real rFID)"
+"$bin/sftok-eval" fid recon/originals recon/reconstructions --random-weights 0 --device cpu --batch 8
+
 step "done in $((SECONDS - t0)) s — outputs:"
 echo "  fake ImageNet        $out/imagenet  (train/, val/, LOC_val_solution.csv, LOC_synset_mapping.txt)"
 echo "  effective config     $out/sftok_tiny_stage1.effective.yaml"
 echo "  shards               $out/shards/{train,val}/  (<split>-NNNNNN.tar + manifest.json)"
+echo "  proxy codes          $out/codes/train/  (one Parquet file per shard)"
+echo "  stage 1 / stage 2    $out/outputs/sftok_tiny_stage{1,2}_run1/  (checkpoint-*/, ema_model/, loss.png, metrics.jsonl)"
+echo "  TensorBoard          tensorboard --logdir $out/outputs"
+echo "  reconstructions      $out/recon/grid.png  (original | reconstruction), tokens.json with PSNR"

@@ -102,7 +102,8 @@ pub struct ReconReport {
 }
 
 /// The whole `recon` command: load, transform, reconstruct in batches, write `grid.png`
-/// (original | reconstruction per row) and `tokens.json` (token ids and PSNR per image).
+/// (original | reconstruction per row), `originals/` and `reconstructions/` (one PNG per image)
+/// and `tokens.json` (token ids and PSNR per image).
 pub fn run(req: &ReconRequest) -> Result<ReconReport> {
     use crate::sftok::{LoadedSFTok, resolve_config};
     if req.images.is_empty() {
@@ -132,6 +133,15 @@ pub fn run(req: &ReconRequest) -> Result<ReconReport> {
         recons.extend(to_images(&y)?);
     }
     std::fs::create_dir_all(&req.out).with_context(|| format!("creating {}", req.out.display()))?;
+    // Each image also on its own, as two folders that `sftok-eval fid` can compare.
+    for (name, images) in [("originals", &originals), ("reconstructions", &recons)] {
+        let dir = req.out.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (i, img) in images.iter().enumerate() {
+            let png = sftok_pipeline::transform::encode_png(img)?;
+            crate::checkpoint::write_atomic(&dir.join(format!("{i:06}.png")), |tmp| Ok(std::fs::write(tmp, &png)?))?;
+        }
+    }
     let rows: Vec<Vec<&RgbImage>> = originals.iter().zip(&recons).map(|(a, b)| vec![a, b]).collect();
     let png = sftok_pipeline::transform::encode_png(&sftok_pipeline::transform::grid(&rows, 4))?;
     let grid = req.out.join("grid.png");
