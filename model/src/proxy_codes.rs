@@ -205,6 +205,12 @@ pub fn run(req: &ProxyCodesRequest, on_views: &dyn Fn(u64)) -> Result<ProxyCodes
         }
         code_shard(shard, dest, &meta, &teacher, req, &mut sum, on_views).with_context(|| format!("computing codes for {}", shard.path.display()))?;
         sum.shards_written += 1;
+        if std::env::var("SFTOK_TEST_PAUSE_AFTER_SHARDS").ok().and_then(|v| v.parse().ok()) == Some(sum.shards_written) {
+            // Test hook: wait here so a test can kill -9 the run between two shards' files.
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
     }
     Ok(sum)
 }

@@ -147,8 +147,10 @@ impl SFTok {
     /// 0, LayerNorms 1/0; raw embeddings keep their W^-½·N(0,1); `in_proj_weight` Xavier-uniform;
     /// the quantizer (uniform ±1/K codebook, identity shared linear) is created after this init.
     pub fn reference_init(vs: &nn::VarStore) {
+        // Sorted: `variables()` is a HashMap, and the draws must not depend on its iteration order.
+        let vars: std::collections::BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
         tch::no_grad(|| {
-            for (name, mut t) in vs.variables() {
+            for (name, mut t) in vars {
                 let in_scope = name.starts_with("encoder.") || name.starts_with("decoder.");
                 if !in_scope || name.ends_with("in_proj_weight") || name.ends_with("in_proj_bias") {
                     continue;

@@ -183,7 +183,8 @@ pub fn train(opts: TrainOptions, data: DataFactory) -> Result<TrainSummary> {
         _ => false, // CPU: float32
     };
 
-    // Model, initial weights.
+    // Model, initial weights (seeded: construction draws the raw embeddings and the quantizer).
+    tch::manual_seed(t.seed as i64);
     let vs = nn::VarStore::new(opts.device);
     let model = SFTok::new(&vs.root(), &SFTokConfig::from_config(cfg)?);
     if model.pixel_decoder.is_some() {
@@ -192,7 +193,6 @@ pub fn train(opts: TrainOptions, data: DataFactory) -> Result<TrainSummary> {
     let resume_from = state::resolve_resume(&out, &opts.resume)?;
     let init = opts.init.clone().or_else(|| (!cfg.experiment.init_weight.is_empty()).then(|| PathBuf::from(&cfg.experiment.init_weight)));
     if resume_from.is_none() {
-        tch::manual_seed(t.seed as i64);
         SFTok::reference_init(&vs);
         if let Some(init) = &init {
             let mut sd = crate::checkpoint::read(init).context("experiment.init_weight / --init")?;

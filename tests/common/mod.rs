@@ -1,0 +1,60 @@
+//! Helpers for the end-to-end tests of the binaries.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin(name: &str) -> Command {
+    let path = match name {
+        "sftok-prep" => env!("CARGO_BIN_EXE_sftok-prep"),
+        "sftok-train" => env!("CARGO_BIN_EXE_sftok-train"),
+        "sftok-eval" => env!("CARGO_BIN_EXE_sftok-eval"),
+        _ => unreachable!(),
+    };
+    let mut cmd = Command::new(path);
+    cmd.env_remove("LD_LIBRARY_PATH");
+    cmd
+}
+
+pub fn python() -> Command {
+    let py = repo().join(".venv/bin/python");
+    assert!(py.exists(), "{} missing: run tools/setup.sh (make test does)", py.display());
+    Command::new(py)
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// A fake ImageNet with train shards of `shard_size` images.
+pub fn shards(dir: &Path, classes: usize, per_class: usize, shard_size: usize) -> PathBuf {
+    let data = dir.join("fake");
+    run_ok(bin("sftok-prep").args(["synth", "--out", data.to_str().unwrap(), "--classes", &classes.to_string(),
+        "--per-class", &per_class.to_string(), "--val", "0", "--seed", "1"]));
+    let out = dir.join("shards");
+    run_ok(bin("sftok-prep").args(["shard", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--split", "train",
+        "--shard-size", &shard_size.to_string()]));
+    out.join("train")
+}
+
+/// Waits until `path` exists (or panics after `secs`), then kills the child with SIGKILL.
+pub fn kill_when_exists(mut child: Child, path: &Path, secs: u64) {
+    let t0 = Instant::now();
+    while !path.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("process ended ({status}) before {} appeared", path.display());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(secs), "{} did not appear in {secs} s", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+}
