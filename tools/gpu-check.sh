@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared script for a lent GPU machine: set-up, build, CUDA checks, a short table.
 # On a machine without CUDA it says so and exits 0.
+#   tools/gpu-check.sh            # doctor + teacher throughput + SFTok-B recon + training step rate
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -10,16 +11,63 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
 fi
 bash tools/setup.sh || exit 1
 cargo build --workspace --bins 2>&1 | tail -3 || exit 1
+bin="$root/target/debug"
+work="${GPU_CHECK_WORK:-/tmp/sftok-gpu-check}"
+rm -rf "$work" && mkdir -p "$work"
 rows=()
-add() { rows+=("$(printf '%-28s %-8s %s' "$1" "$2" "$3")"); }
+add() { rows+=("$(printf '%-34s %-6s %s' "$1" "$2" "$3")"); }
+timed() { local t0=$SECONDS; "$@" > "$work/last.log" 2>&1; local rc=$?; echo $((SECONDS - t0)) > "$work/secs"; return $rc; }
 
-name=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)
-add "device" "info" "$name"
-if out=$(env -u LD_LIBRARY_PATH target/debug/sftok-prep doctor --device cuda:0 2>&1); then
+add "device" "info" "$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)"
+if out=$(env -u LD_LIBRARY_PATH "$bin/sftok-prep" doctor --device cuda:0 2>&1); then
   add "doctor (cuda:0, f32+bf16)" "ok" "$(echo "$out" | grep -E 'matmul' | tr -s ' ' | paste -sd ';')"
 else
   add "doctor (cuda:0, f32+bf16)" "FAIL" "$(echo "$out" | tail -2 | paste -sd ';')"
 fi
 
-printf '\n%-28s %-8s %s\n' "check" "result" "details"
+# Data: 512 fake ImageNet images in 4 shards.
+"$bin/sftok-prep" synth --out "$work/fake" --classes 8 --per-class 64 --val 64 >/dev/null
+"$bin/sftok-prep" shard "$work/fake" --out "$work/shards" --split all --shard-size 128 >/dev/null 2>&1
+
+# Teacher throughput at full size (random weights), 10 views per image, and CPU/GPU agreement.
+if timed "$bin/sftok-prep" proxy-codes --teacher random:0 --shards "$work/shards/train" --out "$work/codes_gpu" --device cuda:0 --batch 256; then
+  add "teacher proxy-codes (GPU)" "ok" "$(grep -o '[0-9.]* views/s' "$work/last.log")"
+else
+  add "teacher proxy-codes (GPU)" "FAIL" "$(tail -1 "$work/last.log")"
+fi
+if timed "$bin/sftok-prep" proxy-codes --teacher random:0 --shards "$work/shards/val" --out "$work/codes_val_gpu" --views 1 --device cuda:0 \
+   && timed "$bin/sftok-prep" proxy-codes --teacher random:0 --shards "$work/shards/val" --out "$work/codes_val_cpu" --views 1 --device cpu; then
+  flips=$(.venv/bin/python - "$work/codes_val_gpu" "$work/codes_val_cpu" <<'PY'
+import sys, glob, os, pyarrow.parquet as pq, numpy as np
+a, b = sys.argv[1], sys.argv[2]
+diff = total = 0
+for f in sorted(glob.glob(a + "/*.parquet")):
+    x = pq.read_table(f).column("codes").combine_chunks().values.to_numpy()
+    y = pq.read_table(os.path.join(b, os.path.basename(f))).column("codes").combine_chunks().values.to_numpy()
+    diff += int((x != y).sum()); total += x.size
+print(f"{diff}/{total} codes differ GPU vs CPU ({100 * diff / max(total, 1):.3f} %)")
+PY
+)
+  add "teacher codes CPU vs GPU" "info" "$flips"
+fi
+
+# SFTok-B: reconstruction images/s and a few stage-1 training steps at batch 32.
+"$bin/sftok-train" init configs/sftok_b64_stage3.yaml --out "$work/sftok-b" >/dev/null
+imgs=$(ls "$work"/fake/val/*.JPEG | head -n 32)
+# shellcheck disable=SC2086
+if timed "$bin/sftok-eval" recon --checkpoint "$work/sftok-b" --device cuda:0 --batch 32 --out "$work/recon" --images $imgs; then
+  add "SFTok-B recon, 32 images (GPU)" "ok" "$(grep -o '[0-9.]* s/image' "$work/last.log") incl. model load"
+else
+  add "SFTok-B recon (GPU)" "FAIL" "$(tail -1 "$work/last.log")"
+fi
+if timed "$bin/sftok-train" stage1 --config configs/sftok_b64_stage1.yaml --device cuda:0 --teacher random:0 --resume never \
+     experiment.output_dir="$work/train_b" dataset.params.train_shards_path_or_url="$work/shards/train" \
+     dataset.params.train_proxy_codes_path= training.per_gpu_batch_size=32 training.max_train_steps=30 experiment.log_every=10; then
+  add "SFTok-B stage-1 train, batch 32" "ok" "$(grep '^step 30/' "$work/last.log" | grep -o '[0-9.]* img/s')"
+else
+  add "SFTok-B stage-1 train (GPU)" "FAIL" "$(tail -2 "$work/last.log" | paste -sd ';')"
+fi
+add "GPU memory after runs" "info" "$(nvidia-smi --query-gpu=memory.used --format=csv,noheader | head -1)"
+
+printf '\n%-34s %-6s %s\n' "check" "result" "details"
 printf '%s\n' "${rows[@]}"
