@@ -207,9 +207,9 @@ fn network(opts: &FidOptions, device: Device) -> Result<FidInception> {
         }
         (Some(_), Some(_)) => bail!("--weights and --random-weights exclude each other"),
         (None, None) => bail!(
-            "image inputs need the FID Inception weights: pass --weights PATH.safetensors.\n\
-             They are pytorch-fid's pt_inception-2015-12-05-6726825d.pth (the TF 2015-12-05 Inception \
-             graph converted to PyTorch); nothing is downloaded by sftok. Get and convert them once:\n{CONVERT_SNIPPET}"
+            "image inputs need the FID Inception weights: pass --weights pt_inception-2015-12-05-6726825d.pth \
+             (pytorch-fid's file, the TF 2015-12-05 Inception graph converted to PyTorch; loaded as it is) \
+             or a safetensors copy of it. Nothing is downloaded by sftok:\n{CONVERT_SNIPPET}"
         ),
     }
 }

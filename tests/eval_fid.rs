@@ -134,7 +134,7 @@ print("ok")
 }
 
 #[test]
-fn fid_refuses_without_weights_and_for_pth() {
+fn fid_refuses_without_weights_and_names_a_missing_weights_file() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("imgs");
     std::fs::create_dir(&img).unwrap();
@@ -143,5 +143,5 @@ fn fid_refuses_without_weights_and_for_pth() {
     let err = failure(&[i, i]);
     assert!(err.contains("pt_inception-2015-12-05-6726825d.pth") && err.contains("safetensors"), "{err}");
     let err = failure(&[i, i, "--weights", "pt_inception-2015-12-05-6726825d.pth"]);
-    assert!(err.contains("not supported yet") && err.contains("safetensors"), "{err}");
+    assert!(err.contains("pt_inception-2015-12-05-6726825d.pth") && err.contains("check the path"), "{err}");
 }

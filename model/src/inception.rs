@@ -554,26 +554,17 @@ pub fn tf1_resize_bilinear_nhwc(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
     &top + (bottom - &top) * dy
 }
 
-/// Loads FID Inception weights from `path` onto `device` in `kind`. Supported: `.safetensors`
-/// (float16/32/64 tensors under the torchvision-layout keys, e.g. converted from pytorch-fid's
-/// `pt_inception-2015-12-05-6726825d.pth`). PyTorch `.pth` files need the checkpoint reader.
+/// Loads FID Inception weights from `path` onto `device` in `kind`, through the project's single
+/// checkpoint entry point: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (legacy PyTorch
+/// format) as it is, or a `.safetensors` copy (float16/32/64 under the torchvision-layout keys).
 pub fn load_inception(path: &Path, device: Device, kind: Kind) -> Result<FidInception> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    if ext != "safetensors" {
-        bail!(
-            "{}: PyTorch .pth/.bin checkpoints are not supported yet (the checkpoint reader is pending); \
-             pass a .safetensors file. Convert the .pth once with Python:\n{}",
-            path.display(),
-            CONVERT_SNIPPET
-        );
-    }
-    let tensors = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
+    let sd = crate::checkpoint::read(path).with_context(|| format!("FID Inception weights; get them with:\n{CONVERT_SNIPPET}"))?;
     let mut net = FidInception::new(FidInceptionConfig::default(), device, kind)?;
-    net.load_tensors(tensors, &path.display().to_string())?;
+    net.load_tensors(sd.tensors, &path.display().to_string())?;
     Ok(net)
 }
 
-/// Where to get the weights and how to make the safetensors file the loader reads.
+/// Where to get the weights (used as they are; a safetensors copy loads faster).
 pub const CONVERT_SNIPPET: &str = "  # weights: https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth\n  \
 import torch, safetensors.torch as st\n  \
 sd = torch.load('pt_inception-2015-12-05-6726825d.pth', map_location='cpu')\n  \

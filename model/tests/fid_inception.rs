@@ -103,7 +103,7 @@ fn parameter_names_are_the_spec_key_list() {
 }
 
 #[test]
-fn num_batches_tracked_is_optional_and_pth_is_refused_with_advice() {
+fn num_batches_tracked_is_optional_and_the_legacy_pth_format_loads() {
     let fx = load_fixture(FX);
     let mut sd = fixture_state_dict(&fx);
     sd.push(("Conv2d_1a_3x3.bn.num_batches_tracked".into(), Tensor::from(0i64)));
@@ -111,7 +111,35 @@ fn num_batches_tracked_is_optional_and_pth_is_refused_with_advice() {
     net.load_tensors(sd, "with counters").unwrap();
     let err = load_inception("pt_inception-2015-12-05-6726825d.pth".as_ref(), Device::Cpu, Kind::Float)
         .err()
-        .expect(".pth must be refused")
+        .expect("a missing file must fail")
         .to_string();
-    assert!(err.contains("safetensors") && err.contains("torch.load"), "{err}");
+    assert!(err.contains("pt_inception-2015-12-05-6726825d.pth") && err.contains("torch.load"), "{err}");
+
+    // pytorch-fid's weights file predates torch 1.6: the legacy format, written here by Python torch
+    // from the fixture's weights (with the counters pytorch-fid's file has), must load and give the
+    // same network as the safetensors copy.
+    let dir = tempfile::tempdir().unwrap();
+    let pth = dir.path().join("inception_legacy.pth");
+    let script = r#"
+import sys, torch
+from safetensors.torch import load_file
+sd = {k[len("weights."):]: v.float() for k, v in load_file(sys.argv[1]).items() if k.startswith("weights.")}
+sd.update({k.rsplit(".", 1)[0] + ".num_batches_tracked": torch.tensor(0) for k in list(sd) if k.endswith("bn.running_mean")})
+sd["fc.weight"] = torch.zeros(1008, 2048); sd["fc.bias"] = torch.zeros(1008)  # as in fixture_state_dict
+torch.save(sd, sys.argv[2], _use_new_zipfile_serialization=False)
+"#;
+    let out = std::process::Command::new(common::python_path())
+        .arg("-c")
+        .arg(script)
+        .arg(fixtures().join(FX).join(format!("{FX}.safetensors")))
+        .arg(&pth)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_pth = load_inception(&pth, Device::Cpu, Kind::Float).unwrap();
+    let mut from_fx = FidInception::new(FidInceptionConfig::default(), Device::Cpu, Kind::Float).unwrap();
+    from_fx.load_tensors(fixture_state_dict(&fx), "fixture").unwrap();
+    let x = get(&fx, "input.images_u8_nhwc").narrow(0, 0, 1);
+    let (a, b) = (from_pth.features(&x, InputPipeline::PytorchFid), from_fx.features(&x, InputPipeline::PytorchFid));
+    assert!(a.pool3.equal(&b.pool3), "legacy .pth and safetensors give different features");
 }
