@@ -10,13 +10,13 @@ use std::path::Path;
 use tch::Device;
 
 fn codes_cmd(shards: &Path, out: &Path) -> std::process::Command {
-    codes_cmd_views(shards, out, 4)
+    codes_cmd_with(shards, out, 4, 16)
 }
 
-fn codes_cmd_views(shards: &Path, out: &Path, views: usize) -> std::process::Command {
+fn codes_cmd_with(shards: &Path, out: &Path, views: usize, batch: usize) -> std::process::Command {
     let mut c = bin("sftok-prep");
     c.args(["proxy-codes", "--teacher", "random:0", "--shards", shards.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--views", &views.to_string(), "--resize-shorter", "64", "--crop", "64", "--device", "cpu", "--batch", "16"]);
+            "--views", &views.to_string(), "--resize-shorter", "64", "--crop", "64", "--device", "cpu", "--batch", &batch.to_string()]);
     c
 }
 
@@ -49,6 +49,12 @@ fn codes_are_readable_by_pyarrow_and_equal_the_teacher_on_the_loaders_pixels() {
     assert!(text.contains("2 shard(s) written") && text.contains("12 images, 48 views"), "{text}");
     let check = run_ok(python().arg("-c").arg(PY_SCHEMA).arg(out.join("train-000000.parquet")));
     assert!(check.contains("OK 24"), "{check}");
+    // The teacher's quantizer is a per-cell nearest-neighbour search: the batch size changes nothing.
+    let small = tmp.path().join("codes_batch3");
+    run_ok(&mut codes_cmd_with(&train, &small, 4, 3));
+    for name in ["train-000000.parquet", "train-000001.parquet"] {
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), std::fs::read(small.join(name)).unwrap(), "{name}: codes depend on the batch size");
+    }
 
     // The loader with the store attached: every sample comes with one stored view and its codes;
     // the teacher applied to exactly those pixels must give exactly those codes.
@@ -89,7 +95,7 @@ fn proxy_codes_resume_after_kill_ends_identical() {
     }
     assert!(std::fs::read_dir(&b).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
     // A different view rule into the same directory is refused instead of mixing codes.
-    let out = codes_cmd_views(&train, &b, 2).output().unwrap();
+    let out = codes_cmd_with(&train, &b, 2, 16).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("made differently"), "{}", String::from_utf8_lossy(&out.stderr));
 }
