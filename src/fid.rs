@@ -197,8 +197,13 @@ fn side(name: &str, path: &Path, source: Source, extractor: Option<&Extractor>) 
 }
 
 fn network(opts: &FidOptions, device: Device) -> Result<FidInception> {
-    let kind = if opts.float64 { Kind::Double } else { Kind::Float };
-    match (&opts.weights, opts.random_weights) {
+    inception_network(opts.weights.as_deref(), opts.random_weights, opts.float64, device)
+}
+
+/// The FID Inception from `--weights` or `--random-weights` (shared by `fid` and `rfid`).
+pub fn inception_network(weights: Option<&Path>, random_weights: Option<i64>, float64: bool, device: Device) -> Result<FidInception> {
+    let kind = if float64 { Kind::Double } else { Kind::Float };
+    match (weights, random_weights) {
         (Some(path), None) => load_inception(path, device, kind),
         (None, Some(seed)) => {
             let mut net = FidInception::new(FidInceptionConfig::default(), device, kind)?;

@@ -47,8 +47,9 @@ step "8. reconstructions with the trained model (sftok-eval recon)"
 "$bin/sftok-eval" recon --checkpoint outputs/sftok_tiny_stage2_run1/ema_model --teacher random:0 --device cpu \
   --out recon --images $val_images
 
-step "9. FID of the reconstructions (sftok-eval fid, RANDOM-WEIGHT Inception: a smoke test, not a real rFID)"
-"$bin/sftok-eval" fid recon/originals recon/reconstructions --random-weights 0 --device cpu --batch 8
+step "9. rFID on the val shards (sftok-eval rfid) — RANDOM-WEIGHT Inception: only a smoke test of the pipeline"
+"$bin/sftok-eval" rfid --checkpoint outputs/sftok_tiny_stage2_run1/ema_model --teacher random:0 --shards shards/val \
+  --random-weights 0 --float32 --device cpu --batch 8
 
 step "done in $((SECONDS - t0)) s — outputs:"
 echo "  fake ImageNet        $out/imagenet  (train/, val/, LOC_val_solution.csv, LOC_synset_mapping.txt)"

@@ -70,6 +70,51 @@ enum Command {
         /// Config overrides: section.key=value
         overrides: Vec<String>,
     },
+    /// Reconstruction FID on the val shards as the reference computes it (+ IS of the reconstructions, PSNR).
+    #[command(after_help = "Example:\n  sftok-eval rfid --checkpoint sftok-b/ --shards shards/val --weights pt_inception-2015-12-05-6726825d.pth\n\n\
+        Stage-1 models are evaluated with --steps 1 (single-step argmax, as the reference) and need --teacher.\n\
+        Tokens depend on the batch (OptVQ's Sinkhorn): keep --batch fixed when comparing numbers.")]
+    Rfid {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// MaskGIT-VQGAN teacher for stage-1/2 checkpoints (a file, or random:SEED).
+        #[arg(long)]
+        teacher: Option<String>,
+        /// Val shards: directory, manifest.json or brace pattern.
+        #[arg(long)]
+        shards: String,
+        /// Use the first N images (default: all).
+        #[arg(long)]
+        num: Option<usize>,
+        /// Decoding steps (default: model.generator.num_steps, 8).
+        #[arg(long)]
+        steps: Option<i64>,
+        /// FID Inception weights (pytorch-fid's .pth or a safetensors copy).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Smoke tests only: a randomly initialised Inception (numbers meaningless).
+        #[arg(long)]
+        random_weights: Option<i64>,
+        /// Inception in float32 (faster) instead of the reference evaluator's float64.
+        #[arg(long)]
+        float32: bool,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Seed of the decoder's Gumbel sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Also write originals/ and reconstructions/ PNGs here.
+        #[arg(long)]
+        save_images: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Config overrides: section.key=value
+        overrides: Vec<String>,
+    },
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-eval doctor --device auto")]
     Doctor {
@@ -160,6 +205,11 @@ fn main() {
             recon(&req)
         }
         Command::Doctor { device } => sftok::doctor(&device),
+        Command::Rfid { checkpoint, config, teacher, shards, num, steps, weights, random_weights, float32, batch, seed, device, save_images, json, overrides } => {
+            sftok::rfid::run(&sftok::rfid::RfidOptions {
+                checkpoint, config, overrides, teacher, shards, num, steps, weights, random_weights, float32, batch, seed, device, save_images, json,
+            })
+        }
         Command::Fid {
             a,
             b,

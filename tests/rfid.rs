@@ -1,0 +1,32 @@
+//! `sftok-eval rfid`: its rFID and IS equal what `sftok-eval fid` (checked against the metric
+//! fixtures) computes on the very images rfid saved — originals vs reconstructions rounded to 8 bits.
+
+mod common;
+
+use common::{bin, run_ok, shards};
+
+#[test]
+fn rfid_agrees_with_fid_on_the_saved_originals_and_reconstructions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let train = shards(d, 2, 5, 5);
+    let ckpt = d.join("ckpt");
+    run_ok(bin("sftok-train").args(["init", common::repo().join("configs/tiny/sftok_tiny_stage1.yaml").to_str().unwrap(), "--out",
+        ckpt.to_str().unwrap(), "--seed", "3"]));
+    let saved = d.join("saved");
+    let out = run_ok(bin("sftok-eval").args(["rfid", "--checkpoint", ckpt.to_str().unwrap(), "--teacher", "random:0", "--shards",
+        train.to_str().unwrap(), "--random-weights", "0", "--float32", "--device", "cpu", "--batch", "4", "--num", "9", "--json",
+        "--save-images", saved.to_str().unwrap()]));
+    let json_start = out.find('{').unwrap();
+    let r: serde_json::Value = serde_json::from_str(&out[json_start..out.rfind('}').unwrap() + 1]).unwrap();
+    assert_eq!(r["images"], 9, "{out}");
+    assert!(out.contains("MEANINGLESS") && out.contains("not comparable"), "{out}");
+    let fid = run_ok(bin("sftok-eval").args(["fid", saved.join("originals").to_str().unwrap(), saved.join("reconstructions").to_str().unwrap(),
+        "--random-weights", "0", "--device", "cpu", "--batch", "4", "--json"]));
+    let f: serde_json::Value = serde_json::from_str(&fid[fid.find('{').unwrap()..fid.rfind('}').unwrap() + 1]).unwrap();
+    let (a, b) = (r["rfid"].as_f64().unwrap(), f["fid"].as_f64().unwrap());
+    assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "rfid {a} vs fid {b}");
+    let is_b = f["b"]["inception_score_reference_evaluator"].as_f64().unwrap();
+    assert!((r["inception_score"].as_f64().unwrap() - is_b).abs() < 1e-9);
+    assert!(r["psnr"].as_f64().unwrap().is_finite());
+}
