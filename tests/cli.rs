@@ -1,35 +1,10 @@
 //! End-to-end tests of the built binaries (foundation: libtorch linking, synth, configs).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn bin(name: &str) -> Command {
-    let path = match name {
-        "sftok-prep" => env!("CARGO_BIN_EXE_sftok-prep"),
-        "sftok-train" => env!("CARGO_BIN_EXE_sftok-train"),
-        "sftok-eval" => env!("CARGO_BIN_EXE_sftok-eval"),
-        _ => unreachable!(),
-    };
-    let mut cmd = Command::new(path);
-    // The binaries must find libtorch through their rpath alone.
-    cmd.env_remove("LD_LIBRARY_PATH");
-    cmd
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{bin, repo, run as run_ok};
+use std::path::Path;
+use std::process::Command;
 
 #[test]
 fn every_binary_runs_a_tch_computation_without_ld_library_path() {

@@ -1,25 +1,11 @@
 //! `sftok-eval recon` end to end: a tiny stage-1/2 model (fixture weights) + a seeded random
 //! teacher on synth images; outputs checked with Python/PIL as an independent reader.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{python, repo, run_ok};
+use std::path::Path;
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Command {
-    let py = repo().join(".venv/bin/python");
-    assert!(py.exists(), "{} missing: run tools/setup.sh (make test does)", py.display());
-    Command::new(py)
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.env_remove("LD_LIBRARY_PATH").output().expect("spawn");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
 
 /// Writes the stage-1/2 fixture's weights + its config as a checkpoint directory, with Python.
 fn tiny_checkpoint(dir: &Path) {

@@ -2,38 +2,18 @@
 //! quirks planted by the tests (PIL and jpeg-encoder write them). Shards are read back with
 //! Python `webdataset` + PIL (the independent oracle in .venv), never with our own reader.
 
+mod common;
+
+use common::{python, run};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn prep() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sftok-prep"));
-    cmd.env_remove("LD_LIBRARY_PATH");
-    cmd
-}
-
-fn python() -> Command {
-    let py = repo().join(".venv/bin/python");
-    assert!(py.exists(), "{} is missing: run tools/setup.sh (it installs the Python test oracle)", py.display());
-    Command::new(py)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    common::bin("sftok-prep")
 }
 
 fn stdout(out: &Output) -> String {

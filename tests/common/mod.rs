@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 pub fn repo() -> PathBuf {
@@ -17,6 +17,7 @@ pub fn bin(name: &str) -> Command {
         _ => unreachable!(),
     };
     let mut cmd = Command::new(path);
+    // The binaries must find libtorch through their rpath alone.
     cmd.env_remove("LD_LIBRARY_PATH");
     cmd
 }
@@ -27,11 +28,22 @@ pub fn python() -> Command {
     Command::new(py)
 }
 
-pub fn run_ok(cmd: &mut Command) -> String {
+/// Runs the command, asserting success (both streams shown otherwise).
+pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// As [`run`], returning stdout and stderr together as text.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// A fake ImageNet with train shards of `shard_size` images.
