@@ -40,11 +40,21 @@ pub struct FidOptions {
 /// Where one side's numbers come from.
 enum Source {
     Folder(Vec<PathBuf>),
+    /// Webdataset shards (a directory of .tar / manifest.json, a .tar, or a brace pattern),
+    /// read with the eval transform: Resize(256) + CenterCrop(256), as ImageNet FIDs are.
+    Shards(String),
     Npz { path: PathBuf, has_images: bool, has_stats: bool },
 }
 
 impl Source {
     fn detect(path: &Path) -> Result<Source> {
+        let text = path.display().to_string();
+        let has_tars = |d: &Path| {
+            std::fs::read_dir(d).map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "tar"))).unwrap_or(false)
+        };
+        if text.contains('{') || text.ends_with(".tar") || (path.is_dir() && (path.join("manifest.json").is_file() || has_tars(path))) {
+            return Ok(Source::Shards(text));
+        }
         if path.is_dir() {
             let files = image_dir::list_images(path)?;
             ensure!(!files.is_empty(), "{}: no .png/.jpg/.jpeg images in this folder", path.display());
@@ -65,7 +75,7 @@ impl Source {
 
     fn needs_network(&self) -> bool {
         match self {
-            Source::Folder(_) => true,
+            Source::Folder(_) | Source::Shards(_) => true,
             Source::Npz { has_images, .. } => *has_images,
         }
     }
@@ -135,6 +145,27 @@ impl Extractor<'_> {
         set.add_images(self.net, &images, self.pipeline)
     }
 
+    fn shards(&self, name: &str, sources: &str) -> Result<(FeatureSet, usize)> {
+        use sftok_pipeline::batch::BatchStream;
+        let mut lc = sftok_pipeline::loader::LoaderConfig::eval(vec![sources.to_string()]);
+        lc.batch_size = self.batch;
+        let mut loader = sftok_pipeline::loader::Loader::new(lc)?;
+        let mut set = FeatureSet::default();
+        let progress = Progress::new(&format!("features {name}"), 0, "images");
+        while let Some(batch) = loader.next_batch()? {
+            let s = batch.size as i64;
+            let images = Tensor::from_data_size(&batch.images, &[batch.len() as i64, s, s, 3], Kind::Uint8);
+            set.add_images(self.net, &images, self.pipeline)?;
+            progress.inc(batch.len() as u64);
+        }
+        progress.finish();
+        let skipped: usize = loader.epoch_reports().iter().map(|r| r.skipped as usize).sum();
+        if skipped > 0 && !self.skip_bad {
+            bail!("{sources}: {skipped} sample(s) could not be decoded (named in the warnings above); an FID on fewer images is a different number — fix the shards or pass --skip-bad");
+        }
+        Ok((set, skipped))
+    }
+
     fn npz_images(&self, path: &Path) -> Result<FeatureSet> {
         let mut npz = NpzReader::open(path)?;
         let stream = npz.stream("arr_0", self.batch)?;
@@ -161,9 +192,13 @@ impl Extractor<'_> {
 fn side(name: &str, path: &Path, source: Source, extractor: Option<&Extractor>) -> Result<Side> {
     let label = format!("{name} = {}", path.display());
     match source {
-        Source::Folder(files) => {
+        Source::Folder(_) | Source::Shards(_) => {
             let ex = extractor.expect("network loaded for image inputs");
-            let (set, skipped) = ex.folder(name, &files)?;
+            let (set, skipped) = match &source {
+                Source::Folder(files) => ex.folder(name, files)?,
+                Source::Shards(s) => ex.shards(name, s)?,
+                Source::Npz { .. } => unreachable!(),
+            };
             ensure!(set.count() >= 2, "{}: fewer than 2 readable images", path.display());
             Ok(Side {
                 label,

@@ -30,3 +30,21 @@ fn rfid_agrees_with_fid_on_the_saved_originals_and_reconstructions() {
     assert!((r["inception_score"].as_f64().unwrap() - is_b).abs() < 1e-9);
     assert!(r["psnr"].as_f64().unwrap().is_finite());
 }
+
+#[test]
+fn fid_reads_webdataset_shards_with_the_eval_transform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = shards(tmp.path(), 2, 3, 3);
+    let t = train.to_str().unwrap();
+    let out = run_ok(bin("sftok-eval").args(["fid", t, t, "--random-weights", "0", "--device", "cpu", "--batch", "4", "--json"]));
+    let j: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..out.rfind('}').unwrap() + 1]).unwrap();
+    assert_eq!(j["a"]["images"], 6, "{out}");
+    assert!(j["fid"].as_f64().unwrap().abs() < 1e-4, "identical sets must give FID ≈ 0: {out}");
+    // A damaged shard is an error naming it, not a silently smaller FID.
+    let shard = train.join("train-000000.tar");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    let o = bin("sftok-eval").args(["fid", t, t, "--random-weights", "0", "--device", "cpu"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("train-000000.tar"), "{}", String::from_utf8_lossy(&o.stderr));
+}
