@@ -79,3 +79,48 @@ fn missing_codes_and_teacher_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("train_proxy_codes_path") && err.contains("--teacher"), "{err}");
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resume_continues_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    shards(dir, 2, 8, 4);
+    let mut cmd = bin("sftok-train");
+    cmd.current_dir(dir).args([
+        "stage1",
+        "--config",
+        common::repo().join("configs/tiny/sftok_tiny_stage1.yaml").to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--teacher",
+        "random:0",
+        "dataset.params.train_proxy_codes_path=",
+        "experiment.output_dir=run",
+        "training.max_train_steps=100000",
+        "experiment.save_every=100000",
+        "training.per_gpu_batch_size=4",
+    ]);
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    let metrics = dir.join("run/metrics.jsonl");
+    while std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0) < 3 {
+        assert!(t0.elapsed().as_secs() < 300, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ok = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    let ckpts: Vec<String> = std::fs::read_dir(dir.join("run")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-")).collect();
+    assert_eq!(ckpts.len(), 1, "{ckpts:?}");
+    let step: u64 = ckpts[0]["checkpoint-".len()..].parse().unwrap();
+    assert!(step >= 3);
+    // The next run picks it up.
+    let text = run_ok(cmd.args(["training.max_train_steps=".to_string() + &(step + 2).to_string()]).stdout(std::process::Stdio::piped()));
+    assert!(text.contains(&format!("resumed from run/checkpoint-{step} at step {step}")), "{text}");
+}
