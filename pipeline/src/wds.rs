@@ -171,35 +171,44 @@ impl Sample {
 }
 
 /// Streams the samples of a shard (consecutive members sharing a key, split at the first dot of
-/// the base name the way webdataset does) to `f`; memory holds one sample at a time.
-pub fn read_samples(path: &Path, mut f: impl FnMut(Sample) -> Result<()>) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+/// the base name the way webdataset does) to `f`; memory holds one sample at a time. Members for
+/// which `keep(ext)` is false are skipped without being read.
+pub fn read_samples_filtered(path: &Path, keep: impl Fn(&str) -> bool, mut f: impl FnMut(Sample) -> Result<()>) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening shard {}", path.display()))?;
     let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, file));
+    let bad = || format!("shard {} is truncated or not a tar file: re-create it (sftok-prep shard) or remove it", path.display());
     let mut current: Option<Sample> = None;
-    for entry in archive.entries().with_context(|| format!("reading {}", path.display()))? {
-        let mut entry = entry.with_context(|| format!("reading {}", path.display()))?;
+    for entry in archive.entries().with_context(bad)? {
+        let mut entry = entry.with_context(bad)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let (dir, base) = name.rsplit_once('/').map_or(("", name.as_str()), |(d, b)| (d, b));
         let Some((stem, ext)) = base.split_once('.') else {
-            bail!("{}: member `{name}` has no extension", path.display());
+            bail!("shard {}: member `{name}` has no extension, so it belongs to no sample", path.display());
         };
         let key = if dir.is_empty() { stem.to_string() } else { format!("{dir}/{stem}") };
-        let mut data = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut data).with_context(|| format!("reading `{name}` in {}", path.display()))?;
-        match &mut current {
-            Some(s) if s.key == key => s.members.push((ext.to_string(), data)),
-            _ => {
-                if let Some(done) = current.take() {
-                    f(done)?;
-                }
-                current = Some(Sample { key, members: vec![(ext.to_string(), data)] });
-            }
+        if current.as_ref().is_some_and(|s| s.key != key) {
+            f(current.take().expect("checked"))?;
         }
+        let sample = current.get_or_insert_with(|| Sample { key, members: Vec::new() });
+        if !keep(ext) {
+            continue;
+        }
+        let mut data = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut data).with_context(|| format!("reading `{name}` in shard {}: truncated?", path.display()))?;
+        sample.members.push((ext.to_string(), data));
     }
     if let Some(done) = current {
         f(done)?;
     }
     Ok(())
+}
+
+/// [`read_samples_filtered`] keeping every member.
+pub fn read_samples(path: &Path, f: impl FnMut(Sample) -> Result<()>) -> Result<()> {
+    read_samples_filtered(path, |_| true, f)
 }
 
 #[cfg(test)]
