@@ -8,7 +8,12 @@ use tch::{Device, Kind, Tensor};
 /// Images [B, 3, S, S] float in [0, 1] on `device`.
 pub fn images(batch: &Batch, device: Device) -> Tensor {
     let s = batch.size as i64;
-    let nhwc = Tensor::from_data_size(&batch.images, &[batch.len() as i64, s, s, 3], Kind::Uint8);
+    nhwc_u8_to_float(&batch.images, [batch.len() as i64, s, s], device)
+}
+
+/// Row-major RGB8 pixels `[n, h, w, 3]` → float [n, 3, h, w] in [0, 1] on `device` (`ToTensor`).
+pub fn nhwc_u8_to_float(bytes: &[u8], [n, h, w]: [i64; 3], device: Device) -> Tensor {
+    let nhwc = Tensor::from_data_size(bytes, &[n, h, w, 3], Kind::Uint8);
     let nchw = nhwc.permute([0, 3, 1, 2]).contiguous();
     let on_device = match device {
         Device::Cuda(_) => nchw.pin_memory(device).to_device_(device, Kind::Uint8, true, false),

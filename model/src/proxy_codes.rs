@@ -17,7 +17,7 @@ use sftok_pipeline::transform::{decode_rgb, resize_view_into, resized_size};
 use sftok_pipeline::view::{View, views_for};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 pub struct ProxyCodesRequest {
     /// Teacher checkpoint, or `random:SEED` (smoke tests: meaningless codes).
@@ -91,12 +91,7 @@ fn cut_views(s: &TarSample, req: &ProxyCodesRequest) -> Result<Viewed, String> {
 fn encode(teacher: &MaskgitVqgan, pixels: &[&[u8]], size: u32, device: Device) -> Result<Vec<Vec<u16>>> {
     let s = size as i64;
     let flat: Vec<u8> = pixels.iter().flat_map(|p| p.iter().copied()).collect();
-    let x = Tensor::from_data_size(&flat, &[pixels.len() as i64, s, s, 3], Kind::Uint8)
-        .permute([0, 3, 1, 2])
-        .contiguous()
-        .to_device(device)
-        .to_kind(Kind::Float)
-        / 255.0;
+    let x = crate::handoff::nhwc_u8_to_float(&flat, [pixels.len() as i64, s, s], device);
     let codes = teacher.encode(&x).to_device(Device::Cpu);
     let l = codes.size()[1] as usize;
     let all = Vec::<i64>::try_from(codes.flatten(0, -1))?;

@@ -10,12 +10,7 @@ use tch::{Device, Kind, Tensor};
 pub fn to_tensor(images: &[RgbImage], device: Device) -> Tensor {
     let (w, h) = (images[0].width as i64, images[0].height as i64);
     let bytes: Vec<u8> = images.iter().flat_map(|i| i.data.iter().copied()).collect();
-    Tensor::from_data_size(&bytes, &[images.len() as i64, h, w, 3], Kind::Uint8)
-        .to_device(device)
-        .permute([0, 3, 1, 2])
-        .contiguous()
-        .to_kind(Kind::Float)
-        / 255.0
+    crate::handoff::nhwc_u8_to_float(&bytes, [images.len() as i64, h, w], device)
 }
 
 /// [B, 3, H, W] floats → RGB8 images (clamped to [0, 1], rounded to the nearest 1/255).

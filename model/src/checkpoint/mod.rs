@@ -309,11 +309,13 @@ pub fn load_file(vs: &VarStore, path: &Path) -> Result<()> {
 /// Writes every variable of `vs` as safetensors under its reference name (sorted, contiguous),
 /// to a temporary name first and renamed into place, so a partial file never looks complete.
 pub fn save_safetensors(vs: &VarStore, path: &Path) -> Result<()> {
-    let mut named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous()))
-        .collect();
+    save_tensors(vs.variables(), path)
+}
+
+/// Writes named tensors as safetensors (sorted by name, on the CPU, contiguous), atomically.
+pub fn save_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>, path: &Path) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> =
+        tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     write_atomic(path, |tmp| Tensor::write_safetensors(&named, tmp).map_err(|e| anyhow!("{e}")))
 }

@@ -151,12 +151,7 @@ fn copy_into(dst: &BTreeMap<String, Tensor>, src: &BTreeMap<String, Tensor>) {
 
 /// Saves the EMA weights as a model directory (model.safetensors + config.json).
 fn save_ema_dir(ema: &Ema, cfg: &Config, dir: &Path) -> Result<()> {
-    let named: Vec<(String, Tensor)> = ema.shadow.iter().map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous())).collect();
-    crate::checkpoint::write_atomic(&dir.join("model.safetensors"), |tmp| {
-        Tensor::write_safetensors(&named, tmp).map_err(|e| anyhow::anyhow!("{e}"))
-    })?;
-    let json = serde_json::to_string_pretty(cfg)?;
-    crate::checkpoint::write_atomic(&dir.join("config.json"), |tmp| Ok(std::fs::write(tmp, json)?))
+    LoadedSFTok::save_tensors_dir(ema.shadow.iter().map(|(n, t)| (n.clone(), t.shallow_clone())), cfg, dir)
 }
 
 /// Reconstruction strip for TensorBoard: [original | reconstruction | |difference|] per image.
@@ -422,8 +417,7 @@ fn save(out: &Path, vs: &nn::VarStore, ema: &Ema, opt: &AdamW, st: &TrainerState
     let dir = state::save_checkpoint(out, st.global_step, cfg.experiment.keep_last_checkpoints, |tmp| {
         LoadedSFTok::save_dir(vs, cfg, &tmp.join("model"))?;
         save_ema_dir(ema, cfg, &tmp.join("ema_model"))?;
-        let moments = opt.state_tensors();
-        Tensor::write_safetensors(&moments, tmp.join("optimizer.safetensors")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::checkpoint::save_tensors(opt.state_tensors(), &tmp.join("optimizer.safetensors"))?;
         state::write_state(tmp, st)
     })?;
     log_line(out, &format!("checkpoint {}", dir.display()));
