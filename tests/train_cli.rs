@@ -7,16 +7,17 @@ mod common;
 use common::{bin, run_ok, shards};
 use std::path::Path;
 
-fn stage1(dir: &Path, out: &str) -> std::process::Command {
+/// `sftok-train stage1` of the tiny config on the CPU, run in `dir`.
+fn tiny_stage1(dir: &Path) -> std::process::Command {
     let mut c = bin("sftok-train");
-    c.current_dir(dir).args([
-        "stage1",
-        "--config",
-        common::repo().join("configs/tiny/sftok_tiny_stage1.yaml").to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
+    let config = common::repo().join("configs/tiny/sftok_tiny_stage1.yaml");
+    c.current_dir(dir).args(["stage1", "--config", config.to_str().unwrap(), "--device", "cpu", "--workers", "1"]);
+    c
+}
+
+fn stage1(dir: &Path, out: &str) -> std::process::Command {
+    let mut c = tiny_stage1(dir);
+    c.args([
         &format!("experiment.output_dir={out}"),
         "training.max_train_steps=6",
         "experiment.save_every=3",
@@ -85,15 +86,8 @@ fn ctrl_c_saves_a_checkpoint_that_resume_continues_from() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     shards(dir, 2, 8, 4);
-    let mut cmd = bin("sftok-train");
-    cmd.current_dir(dir).args([
-        "stage1",
-        "--config",
-        common::repo().join("configs/tiny/sftok_tiny_stage1.yaml").to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
+    let mut cmd = tiny_stage1(dir);
+    cmd.args([
         "--teacher",
         "random:0",
         "dataset.params.train_proxy_codes_path=",
