@@ -58,6 +58,16 @@ impl Fixture {
     fn scalar_close(&self, key: &str, got: &Tensor) {
         self.close(key, &got.reshape([]));
     }
+    /// Steps 1–2 of both fixtures: encoder output, then the quantizer's latent and indices.
+    fn check_encoder_and_quantizer(&self) -> sftok_model::optvq::QuantizerOutput {
+        let m = &self.model;
+        let z = m.encoder.forward(&self.t["input.x"], &m.latent_tokens);
+        self.close("expect.encoder.z", &z);
+        let (z_q, q) = m.quantize.forward(&z);
+        self.close("expect.quantize.z_q", &z_q);
+        self.exact("expect.quantize.min_encoding_indices", &q.min_encoding_indices);
+        q
+    }
 }
 
 #[test]
@@ -69,11 +79,7 @@ fn stage12_forward_paths_match_the_reference() {
     let codes = &f.t["input.proxy_codes"];
     tch::no_grad(|| {
         // 1–2. encoder and quantizer
-        let z = m.encoder.forward(x, &m.latent_tokens);
-        f.close("expect.encoder.z", &z);
-        let (z_q, q) = m.quantize.forward(&z);
-        f.close("expect.quantize.z_q", &z_q);
-        f.exact("expect.quantize.min_encoding_indices", &q.min_encoding_indices);
+        let q = f.check_encoder_and_quantizer();
         f.scalar_close("expect.quantize.quantizer_loss", &q.quantizer_loss);
         f.scalar_close("expect.quantize.commitment_loss", &q.commitment_loss);
         f.scalar_close("expect.quantize.codebook_loss", &q.codebook_loss);
@@ -170,11 +176,7 @@ fn stage3_soft_path_and_generate_match_the_reference() {
     let x = &f.t["input.x"];
     let codes = &f.t["input.proxy_codes"];
     tch::no_grad(|| {
-        let z = m.encoder.forward(x, &m.latent_tokens);
-        f.close("expect.encoder.z", &z);
-        let (z_q, q) = m.quantize.forward(&z);
-        f.close("expect.quantize.z_q", &z_q);
-        f.exact("expect.quantize.min_encoding_indices", &q.min_encoding_indices);
+        f.check_encoder_and_quantizer();
         let g = m.generate_guided_mask(x, codes);
         f.close("expect.forward.guidance_logits", &g);
         tch::manual_seed(2234);
