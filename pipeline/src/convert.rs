@@ -18,19 +18,21 @@ pub struct Rgb {
 /// JPEG's own size limit; zune's default cap (16384) would reject legal large photos.
 const MAX_SIDE: usize = 65_535;
 
+/// zune-jpeg into `out`, within the size limit: the pixels and the decoded (width, height).
+fn zune_decode(bytes: &[u8], out: ColorSpace) -> Result<(Vec<u8>, Option<(u32, u32)>), String> {
+    let options = DecoderOptions::default().set_max_width(MAX_SIDE).set_max_height(MAX_SIDE).jpeg_set_out_colorspace(out);
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let pixels = decoder.decode().map_err(|e| format!("JPEG decode failed: {e}"))?;
+    Ok((pixels, decoder.info().map(|i| (i.width as u32, i.height as u32))))
+}
+
 /// Full JPEG decode to RGB. Four-component files follow PIL's reading: with an Adobe APP14
 /// segment the samples are stored inverted (what Photoshop writes) and zune-jpeg's CMYK/YCCK
 /// conversion assumes exactly that; without one they are plain CMYK, which we convert ourselves.
 pub fn decode_jpeg(bytes: &[u8], info: &JpegInfo) -> Result<Rgb, String> {
     let plain_cmyk = info.components == 4 && info.adobe_transform.is_none();
     let out = if plain_cmyk { ColorSpace::CMYK } else { ColorSpace::RGB };
-    let options = DecoderOptions::default()
-        .set_max_width(MAX_SIDE)
-        .set_max_height(MAX_SIDE)
-        .jpeg_set_out_colorspace(out);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let pixels = decoder.decode().map_err(|e| format!("JPEG decode failed: {e}"))?;
-    let dims = decoder.info().map(|i| (i.width as u32, i.height as u32));
+    let (pixels, dims) = zune_decode(bytes, out)?;
     if dims != Some((info.width, info.height)) {
         return Err(format!("JPEG decode gave size {dims:?}, header says {}x{}", info.width, info.height));
     }
@@ -54,13 +56,7 @@ pub fn check_decodes(bytes: &[u8], info: &JpegInfo) -> Result<(), String> {
         (3, _) => (ColorSpace::YCbCr, 3),
         _ => return decode_jpeg(bytes, info).map(drop),
     };
-    let options = DecoderOptions::default()
-        .set_max_width(MAX_SIDE)
-        .set_max_height(MAX_SIDE)
-        .jpeg_set_out_colorspace(out);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let pixels = decoder.decode().map_err(|e| format!("JPEG decode failed: {e}"))?;
-    let dims = decoder.info().map(|i| (i.width as u32, i.height as u32));
+    let (pixels, dims) = zune_decode(bytes, out)?;
     if dims != Some((info.width, info.height)) || pixels.len() != info.width as usize * info.height as usize * channels {
         return Err(format!("JPEG decode gave size {dims:?}, header says {}x{}", info.width, info.height));
     }

@@ -33,6 +33,31 @@ impl From<Pipeline> for InputPipeline {
     }
 }
 
+/// The model to evaluate and how it decodes (shared by `recon` and `rfid`).
+#[derive(clap::Args)]
+struct ModelFlags {
+    /// Weights: .safetensors / .bin / .pth, or a directory with config.json + model.safetensors.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Model config (YAML); default: config.json beside the checkpoint.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// MaskGIT-VQGAN teacher for stage-1/2 checkpoints (a file, or random:SEED for smoke tests).
+    #[arg(long)]
+    teacher: Option<String>,
+    /// Decoding steps (default: model.generator.num_steps, 8).
+    #[arg(long)]
+    steps: Option<i64>,
+    /// Seed of the decoder's Gumbel sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Config overrides: section.key=value
+    overrides: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Reconstruct images (eval transform → 64 tokens → iterative decoding) and report PSNR.
@@ -40,57 +65,31 @@ enum Command {
         A stage-1/2 checkpoint also needs --teacher maskgit-vqgan-imagenet-f16-256.bin (its proxy codes\n\
         are decoded by the teacher). Tokens depend on the batch (OptVQ's Sinkhorn assignment is batch-wide).")]
     Recon {
-        /// Weights: .safetensors / .bin / .pth, or a directory with config.json + model.safetensors.
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Model config (YAML); default: config.json beside the checkpoint.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// MaskGIT-VQGAN teacher for stage-1/2 checkpoints (a file, or random:SEED for smoke tests).
-        #[arg(long)]
-        teacher: Option<String>,
+        #[command(flatten)]
+        model: ModelFlags,
         /// Images to reconstruct.
         #[arg(long, num_args = 1..)]
         images: Vec<PathBuf>,
         /// Output directory (grid.png, tokens.json).
         #[arg(long)]
         out: PathBuf,
-        /// Decoding steps (default: model.generator.num_steps, 8).
-        #[arg(long)]
-        steps: Option<i64>,
-        /// Seed of the decoder's Gumbel sampling.
-        #[arg(long, default_value_t = 0)]
-        seed: i64,
         /// Images per batch.
         #[arg(long, default_value_t = 8)]
         batch: usize,
-        /// auto | cpu | cuda | cuda:N
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Config overrides: section.key=value
-        overrides: Vec<String>,
     },
     /// Reconstruction FID on the val shards as the reference computes it (+ IS of the reconstructions, PSNR).
     #[command(after_help = "Example:\n  sftok-eval rfid --checkpoint sftok-b/ --shards shards/val --weights pt_inception-2015-12-05-6726825d.pth\n\n\
         Stage-1 models are evaluated with --steps 1 (single-step argmax, as the reference) and need --teacher.\n\
         Tokens depend on the batch (OptVQ's Sinkhorn): keep --batch fixed when comparing numbers.")]
     Rfid {
-        #[arg(long)]
-        checkpoint: PathBuf,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// MaskGIT-VQGAN teacher for stage-1/2 checkpoints (a file, or random:SEED).
-        #[arg(long)]
-        teacher: Option<String>,
+        #[command(flatten)]
+        model: ModelFlags,
         /// Val shards: directory, manifest.json or brace pattern.
         #[arg(long)]
         shards: String,
         /// Use the first N images (default: all).
         #[arg(long)]
         num: Option<usize>,
-        /// Decoding steps (default: model.generator.num_steps, 8).
-        #[arg(long)]
-        steps: Option<i64>,
         /// FID Inception weights (pytorch-fid's .pth or a safetensors copy).
         #[arg(long)]
         weights: Option<PathBuf>,
@@ -102,18 +101,11 @@ enum Command {
         float32: bool,
         #[arg(long, default_value_t = 32)]
         batch: usize,
-        /// Seed of the decoder's Gumbel sampling.
-        #[arg(long, default_value_t = 0)]
-        seed: i64,
-        #[arg(long, default_value = "auto")]
-        device: String,
         /// Also write originals/ and reconstructions/ PNGs here.
         #[arg(long)]
         save_images: Option<PathBuf>,
         #[arg(long)]
         json: bool,
-        /// Config overrides: section.key=value
-        overrides: Vec<String>,
     },
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-eval doctor --device auto")]
@@ -199,15 +191,40 @@ enum Command {
 
 fn main() {
     sftok::run_main(|| match Cli::parse().command {
-        Command::Recon { checkpoint, config, teacher, images, out, steps, seed, batch, device, overrides } => {
-            let device = sftok_model::device::parse_device(&device)?;
-            let req = ReconRequest { checkpoint, config, overrides, teacher, images, out, steps, seed, batch, device };
+        Command::Recon { model: m, images, out, batch } => {
+            let device = sftok_model::device::parse_device(&m.device)?;
+            let req = ReconRequest {
+                checkpoint: m.checkpoint,
+                config: m.config,
+                overrides: m.overrides,
+                teacher: m.teacher,
+                images,
+                out,
+                steps: m.steps,
+                seed: m.seed,
+                batch,
+                device,
+            };
             recon(&req)
         }
         Command::Doctor { device } => sftok::doctor(&device),
-        Command::Rfid { checkpoint, config, teacher, shards, num, steps, weights, random_weights, float32, batch, seed, device, save_images, json, overrides } => {
+        Command::Rfid { model: m, shards, num, weights, random_weights, float32, batch, save_images, json } => {
             sftok::rfid::run(&sftok::rfid::RfidOptions {
-                checkpoint, config, overrides, teacher, shards, num, steps, weights, random_weights, float32, batch, seed, device, save_images, json,
+                checkpoint: m.checkpoint,
+                config: m.config,
+                overrides: m.overrides,
+                teacher: m.teacher,
+                shards,
+                num,
+                steps: m.steps,
+                weights,
+                random_weights,
+                float32,
+                batch,
+                seed: m.seed,
+                device: m.device,
+                save_images,
+                json,
             })
         }
         Command::Fid {
