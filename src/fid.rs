@@ -14,6 +14,7 @@ use sftok_model::eval::prdc::{ADM_K, precision_recall};
 use sftok_model::eval::stats::Stats;
 use sftok_model::inception::{CONVERT_SNIPPET, FidInception, FidInceptionConfig, InputPipeline, load_inception};
 use sftok_pipeline::image_dir;
+use sftok_pipeline::transform::RgbImage;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -112,7 +113,7 @@ impl Extractor<'_> {
         let mut skipped = 0;
         let progress = Progress::new(&format!("features {name}"), files.len() as u64, "images");
         for chunk in files.chunks(self.batch) {
-            let mut run: Vec<image_dir::Rgb8> = Vec::new();
+            let mut run: Vec<RgbImage> = Vec::new();
             for (path, decoded) in chunk.iter().zip(image_dir::decode_all(chunk)) {
                 let img = match decoded {
                     Ok(img) => img,
@@ -136,10 +137,10 @@ impl Extractor<'_> {
         Ok((set, skipped))
     }
 
-    fn add_run(&self, set: &mut FeatureSet, run: &mut Vec<image_dir::Rgb8>) -> Result<()> {
+    fn add_run(&self, set: &mut FeatureSet, run: &mut Vec<RgbImage>) -> Result<()> {
         let Some(first) = run.first() else { return Ok(()) };
         let (w, h) = (first.width as i64, first.height as i64);
-        let bytes: Vec<u8> = run.iter().flat_map(|img| img.pixels.iter().copied()).collect();
+        let bytes: Vec<u8> = run.iter().flat_map(|img| img.data.iter().copied()).collect();
         let images = Tensor::from_data_size(&bytes, &[run.len() as i64, h, w, 3], Kind::Uint8);
         run.clear();
         set.add_images(self.net, &images, self.pipeline)

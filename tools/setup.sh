@@ -6,6 +6,8 @@
 # reruns skip the ~3 minute download. Inside the clone it leaves two ignored symlinks:
 #   .libtorch -> <venv>/.../site-packages/torch   (read by .cargo/config.toml: LIBTORCH)
 #   .venv     -> <venv>                           (the tests' Python oracle)
+# It also makes sure libjpeg-turbo's headers are there (Debian/Ubuntu: libjpeg-dev), for the
+# JPEG decoder shim pipeline/csrc/sftok_jpeg.c.
 # Re-running it is a no-op unless tools/requirements-oracle.txt changed.
 set -euo pipefail
 
@@ -19,6 +21,22 @@ python="${PYTHON:-python3}"
 if ! command -v "$python" >/dev/null; then
   echo "setup.sh: no '$python' on PATH. Install Python 3.10+ (it is only a source of libtorch and a test oracle)." >&2
   exit 1
+fi
+
+# libjpeg-turbo (the decoder PIL uses): the loader decodes JPEGs through it, pixel for pixel as PIL.
+if [ ! -f /usr/include/jpeglib.h ] && [ -z "${SFTOK_JPEG_INCLUDE:-}" ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  if command -v apt-get >/dev/null; then
+    echo "setup.sh: installing libjpeg-dev (libjpeg-turbo headers)" >&2
+    $sudo apt-get install -y -q libjpeg-dev >/dev/null 2>&1 || {
+      $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q libjpeg-dev >/dev/null
+    }
+  else
+    echo "setup.sh: libjpeg-turbo headers (jpeglib.h) are missing: install libjpeg-turbo's development" \
+      "package, or set SFTOK_JPEG_INCLUDE and SFTOK_JPEG_LIB to its include and lib directories" >&2
+    exit 1
+  fi
 fi
 
 want="$(sha256sum "$req" | cut -d' ' -f1)"

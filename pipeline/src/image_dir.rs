@@ -1,16 +1,10 @@
 //! A folder of PNG/JPEG images as evaluation input (`sftok-eval fid DIR …`): the sorted file list
 //! and parallel decoding to RGB8, with per-file errors so the caller can stop or skip.
 
+use crate::transform::{RgbImage, decode_rgb};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-
-/// Decoded RGB image, rows of `width * 3` bytes (HWC).
-pub struct Rgb8 {
-    pub width: u32,
-    pub height: u32,
-    pub pixels: Vec<u8>,
-}
 
 fn is_image(path: &Path) -> bool {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -31,19 +25,14 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Decodes one file (format from its content) to RGB8; grey and RGBA are converted.
-pub fn decode_rgb8(path: &Path) -> Result<Rgb8> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("opening {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("reading {}", path.display()))?
-        .decode()
-        .with_context(|| format!("cannot decode image {}", path.display()))?
-        .to_rgb8();
-    Ok(Rgb8 { width: img.width(), height: img.height(), pixels: img.into_raw() })
+/// Decodes one file (format from its content) to RGB8; grey and RGBA are converted. JPEGs go
+/// through libjpeg-turbo with PIL's settings, so features match pytorch-fid's PIL input.
+pub fn decode_rgb8(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode_rgb(&bytes).with_context(|| format!("cannot decode image {}", path.display()))
 }
 
 /// Decodes `paths` in parallel, keeping their order and each file's own result.
-pub fn decode_all(paths: &[PathBuf]) -> Vec<Result<Rgb8>> {
+pub fn decode_all(paths: &[PathBuf]) -> Vec<Result<RgbImage>> {
     paths.par_iter().map(|p| decode_rgb8(p)).collect()
 }

@@ -5,6 +5,7 @@ pub mod codes;
 pub mod convert;
 pub mod image_dir;
 pub mod imagenet;
+pub mod jpeg;
 pub mod jpeg_scan;
 pub mod loader;
 pub mod manifest;

@@ -4,6 +4,7 @@
 //! and horizontal flips.
 
 use anyhow::{Context, Result, bail};
+use crate::jpeg::JpegDecoder;
 use crate::view::View;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -27,26 +28,56 @@ impl RgbImage {
 
 /// Decodes JPEG/PNG/… bytes to RGB8 (grayscale and CMYK are converted).
 ///
-/// RGB and grayscale JPEGs go through jpeg-decoder: its chroma upsampling replicates the last
-/// chroma row/column at the image edge as libjpeg-turbo (PIL) does, while zune-jpeg (the image
-/// crate's decoder) blends in the encoder's MCU padding there — up to 25 levels off on the last
-/// row/column of 4:2:0 images with an even height/width, which survives a near-1:1 resize and
-/// breaks parity with the reference. Everything else (CMYK, 16-bit, PNG, …) uses the image crate.
+/// RGB, YCbCr and grayscale JPEGs go through libjpeg-turbo with PIL's settings (`jpeg`), so their
+/// pixels are PIL's; zune-jpeg (the image crate's decoder) blends the encoder's MCU padding into
+/// the last row/column of 4:2:0 images, up to 25 levels off. Everything else (CMYK, 12-bit, PNG,
+/// WebP, …) uses the image crate.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        let mut decoder = jpeg_decoder::Decoder::new(bytes);
-        let pixels = decoder.decode().context("cannot decode the JPEG")?;
-        let info = decoder.info().context("JPEG without a frame header")?;
-        let (w, h) = (info.width as u32, info.height as u32);
-        match info.pixel_format {
-            jpeg_decoder::PixelFormat::RGB24 => return RgbImage::new(w, h, pixels),
-            jpeg_decoder::PixelFormat::L8 => return RgbImage::new(w, h, pixels.iter().flat_map(|&v| [v, v, v]).collect()),
-            _ => {}
-        }
+    if let Some(jpeg) = open_jpeg(bytes)? {
+        let (w, h) = (jpeg.width, jpeg.height);
+        return RgbImage::new(w, h, jpeg.decode()?);
     }
+    decode_other(bytes)
+}
+
+fn open_jpeg(bytes: &[u8]) -> Result<Option<JpegDecoder<'_>>> {
+    if bytes.starts_with(&[0xFF, 0xD8]) { JpegDecoder::open(bytes) } else { Ok(None) }
+}
+
+fn decode_other(bytes: &[u8]) -> Result<RgbImage> {
     let img = image::load_from_memory(bytes).context("cannot decode the image")?.into_rgb8();
     let (w, h) = img.dimensions();
     RgbImage::new(w, h, img.into_raw())
+}
+
+/// Decode + `Resize(resize_shorter_edge)` + the view `pick` chooses from the resized size, into
+/// `out` (`crop_size`² RGB8); returns the view. Equals [`view_transform`] on [`decode_rgb`]'s
+/// image, but a JPEG is decoded only down to the last row the resize reads.
+pub fn decode_view_into(
+    bytes: &[u8],
+    resize_shorter_edge: u32,
+    crop_size: u32,
+    pick: impl FnOnce(u32, u32) -> Result<View>,
+    out: &mut [u8],
+) -> Result<View> {
+    let (img, full_height, view, resized) = match open_jpeg(bytes)? {
+        Some(jpeg) => {
+            let (w, h) = (jpeg.width, jpeg.height);
+            let resized = resized_size(w, h, resize_shorter_edge);
+            let view = pick(resized.0, resized.1)?;
+            let rows = rows_needed(h, resized.1, crop_size, view);
+            (RgbImage::new(w, rows, jpeg.decode_rows(rows)?)?, h, view, resized)
+        }
+        None => {
+            let img = decode_other(bytes)?;
+            let resized = resized_size(img.width, img.height, resize_shorter_edge);
+            let view = pick(resized.0, resized.1)?;
+            let h = img.height;
+            (img, h, view, resized)
+        }
+    };
+    resize_rows_into(&img, full_height, resized, crop_size, view, out)?;
+    Ok(view)
 }
 
 /// torchvision `Resize(shorter)` output size: the shorter side becomes `shorter`, the longer
@@ -103,10 +134,12 @@ pub fn hflip(img: &RgbImage) -> RgbImage {
 /// Mirrors each row of `width` RGB pixels in place.
 pub fn hflip_rows(data: &mut [u8], width: usize) {
     for row in data.chunks_exact_mut(width * 3) {
-        for x in 0..width / 2 {
-            for c in 0..3 {
-                row.swap(x * 3 + c, (width - 1 - x) * 3 + c);
-            }
+        // Left half against the right half read backwards; an odd middle pixel stays.
+        let (left, right) = row.split_at_mut(width / 2 * 3);
+        for (a, b) in left.chunks_exact_mut(3).zip(right.rchunks_exact_mut(3)) {
+            let t = [a[0], a[1], a[2]];
+            a.copy_from_slice(b);
+            b.copy_from_slice(&t);
         }
     }
 }
@@ -116,6 +149,30 @@ pub fn hflip_rows(data: &mut [u8], width: usize) {
 /// fractional edges): every output pixel keeps its source centre `(x + 0.5) · src / resized` and
 /// its filter taps, as when resizing the whole image and cropping after, for less work.
 pub fn resize_view_into(img: &RgbImage, resized: (u32, u32), crop_size: u32, view: View, out: &mut [u8]) -> Result<()> {
+    resize_rows_into(img, img.height, resized, crop_size, view, out)
+}
+
+/// Bicubic reach in source pixels: support 2 output pixels, widened by the scale when shrinking
+/// (PIL's antialias; fast_image_resize's adaptive kernel size).
+fn filter_radius(scale: f64) -> f64 {
+    2.0 * scale.max(1.0)
+}
+
+/// How many top rows of a `height`-row image the view's resize reads (fast_image_resize's
+/// `x_max = ceil(centre + radius)`, plus one row for rounding), at most `height`.
+pub fn rows_needed(height: u32, resized_height: u32, crop_size: u32, view: View) -> u32 {
+    if resized_height == height {
+        return (view.crop_y as u32 + crop_size).min(height);
+    }
+    let sy = height as f64 / resized_height as f64;
+    let bottom = (view.crop_y as u32 + crop_size) as f64 * sy;
+    ((bottom + filter_radius(sy)).ceil() as u32 + 1).min(height)
+}
+
+/// [`resize_view_into`] where `img` holds only the top rows of a `full_height`-row image (at
+/// least [`rows_needed`] of them). The filter taps never reach the missing rows, so the result
+/// is the one of the whole image.
+pub fn resize_rows_into(img: &RgbImage, full_height: u32, resized: (u32, u32), crop_size: u32, view: View, out: &mut [u8]) -> Result<()> {
     let (rw, rh) = resized;
     let (x, y) = (view.crop_x as u32, view.crop_y as u32);
     if x + crop_size > rw || y + crop_size > rh {
@@ -125,7 +182,11 @@ pub fn resize_view_into(img: &RgbImage, resized: (u32, u32), crop_size: u32, vie
     if out.len() != need {
         bail!("output buffer holds {} bytes, a {crop_size}×{crop_size} RGB image needs {need}", out.len());
     }
-    if (rw, rh) == (img.width, img.height) {
+    let rows = rows_needed(full_height, rh, crop_size, view);
+    if img.height < rows {
+        bail!("the view needs {rows} decoded rows, the image has {}", img.height);
+    }
+    if (rw, rh) == (img.width, full_height) {
         // No resize (PIL and torchvision copy the image unchanged): a plain crop.
         let row = img.width as usize * 3;
         for (r, dst) in out.chunks_exact_mut(crop_size as usize * 3).enumerate() {
@@ -137,18 +198,26 @@ pub fn resize_view_into(img: &RgbImage, resized: (u32, u32), crop_size: u32, vie
         // u8: fast_image_resize alone runs u8 images vertical-first, and the intermediate
         // clipping of bicubic overshoot then differs from PIL by up to ~20 levels on textured
         // images (with PIL's order: max 3–8, see the parity test).
-        let (sx, sy) = (img.width as f64 / rw as f64, img.height as f64 / rh as f64);
+        let (sx, sy) = (img.width as f64 / rw as f64, full_height as f64 / rh as f64);
         let (left, top) = (x as f64 * sx, y as f64 * sy);
         // A window touching the far edge can overshoot it by a rounding error; clamp it.
         let width = (crop_size as f64 * sx).min(img.width as f64 - left);
-        let height = (crop_size as f64 * sy).min(img.height as f64 - top);
+        let height = (crop_size as f64 * sy).min(full_height as f64 - top);
         let bicubic = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
         let mut resizer = Resizer::new();
-        let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3)?;
-        let mut rows = Image::new(crop_size, img.height, PixelType::U8x3);
-        resizer.resize(&src, &mut rows, &bicubic.crop(left, 0.0, width, img.height as f64))?;
+        // The horizontal pass runs only on the band of rows the vertical taps read, [first,
+        // img.height); rows keep their indices in `mid`, so the vertical pass sees the same
+        // coordinates (and gives the same pixels) as with every row resized.
+        let first = ((top - filter_radius(sy)).floor() as i64 - 1).max(0) as usize;
+        let (src_row, mid_row) = (img.width as usize * 3, crop_size as usize * 3);
+        let band = img.height - first as u32;
+        let src = ImageRef::new(img.width, band, &img.data[first * src_row..], PixelType::U8x3)?;
+        let mut mid = vec![0u8; img.height as usize * mid_row];
+        let mut band_dst = Image::from_slice_u8(crop_size, band, &mut mid[first * mid_row..], PixelType::U8x3)?;
+        resizer.resize(&src, &mut band_dst, &bicubic.crop(left, 0.0, width, band as f64))?;
+        let mid = ImageRef::new(crop_size, img.height, &mid, PixelType::U8x3)?;
         let mut dst = Image::from_slice_u8(crop_size, crop_size, out, PixelType::U8x3)?;
-        resizer.resize(&rows, &mut dst, &bicubic.crop(0.0, top, crop_size as f64, height))?;
+        resizer.resize(&mid, &mut dst, &bicubic.crop(0.0, top, crop_size as f64, height))?;
     }
     if view.flip {
         hflip_rows(out, crop_size as usize);
@@ -197,6 +266,9 @@ mod tests {
         let f = hflip(&img);
         assert_eq!(&f.data[..3], &img.data[9..12]);
         assert_eq!(hflip(&f), img);
+        // Odd width: the middle pixel stays, the outer ones swap.
+        let odd = RgbImage::new(3, 1, (0..9).collect()).unwrap();
+        assert_eq!(hflip(&odd).data, [6, 7, 8, 3, 4, 5, 0, 1, 2]);
         assert!(crop(&img, 3, 0, 2).is_err());
     }
 }

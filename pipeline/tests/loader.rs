@@ -9,7 +9,7 @@ use sftok_pipeline::batch::{Batch, BatchStream};
 use sftok_pipeline::codes::{CodeMeta, CodeWriter, code_file_name};
 use sftok_pipeline::loader::{Loader, LoaderConfig};
 use sftok_pipeline::rng::Rng;
-use sftok_pipeline::transform::{decode_rgb, eval_transform, resized_size, view_transform};
+use sftok_pipeline::transform::{decode_rgb, decode_view_into, eval_transform, resized_size, rows_needed, view_transform};
 use sftok_pipeline::view::{View, views_for};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +68,61 @@ fn train_and_eval_transforms_match_pil_and_torchvision() {
     }
     assert_eq!(reqs.len(), items.len());
     assert_close("eval loader", &ours, &oracle(tmp.path(), 256, 256, &reqs));
+}
+
+/// PIL's decode, `Image.open(path).convert("RGB")`, of each file: raw HWC bytes, concatenated.
+const PIL_DECODE: &str = r#"
+import sys, numpy as np
+from PIL import Image
+out = open(sys.argv[1], "wb")
+for path in sys.argv[2:]:
+    out.write(np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8).tobytes())
+"#;
+
+#[test]
+fn jpeg_pixels_are_pils_and_decoding_only_the_needed_rows_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut items = synth_items(tmp.path(), 4, 8, 23);
+    // A grayscale JPEG too: PIL decodes it as L and replicates it to RGB.
+    let gray = tmp.path().join("gray.jpg");
+    let luma: Vec<u8> = (0..300 * 410).map(|i| ((i % 300) ^ (i / 300)) as u8).collect();
+    jpeg_encoder::Encoder::new(std::fs::File::create(&gray).unwrap(), 90).encode(&luma, 300, 410, jpeg_encoder::ColorType::Luma).unwrap();
+    items.push(Item { key: "gray".into(), class: 0, path: gray });
+
+    let out = tmp.path().join("pil.bin");
+    let mut args = vec![out.to_str().unwrap().to_string()];
+    args.extend(items.iter().map(|it| it.path.display().to_string()));
+    common::run_python(PIL_DECODE, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let pil = std::fs::read(&out).unwrap();
+    let ours: Vec<u8> = items.iter().flat_map(|it| decode_rgb(&std::fs::read(&it.path).unwrap()).unwrap().data).collect();
+    assert_eq!(ours.len(), pil.len(), "decoded sizes differ from PIL's");
+    assert_eq!(diff(&ours, &pil), (0.0, 0), "libjpeg-turbo decode differs from PIL's");
+
+    // The loader's path (decode_view_into stops the JPEG decode below the rows the resize reads)
+    // equals the full decode + view_transform, for views down to the bottom edge, both settings.
+    let mut partial = 0;
+    for (i, it) in items.iter().enumerate() {
+        let bytes = std::fs::read(&it.path).unwrap();
+        let full = decode_rgb(&bytes).unwrap();
+        for (resize, crop) in [(256, 256), (288, 224)] {
+            let (rw, rh) = resized_size(full.width, full.height, resize);
+            if rw.min(rh) < crop {
+                continue;
+            }
+            let mut rng = Rng::keyed(&[i as u64, resize as u64]);
+            let bottom = View { crop_x: (rw - crop) as u16, crop_y: (rh - crop) as u16, flip: true };
+            let views = [bottom, View::center(rw, rh, crop).unwrap(), View::random(&mut rng, rw, rh, crop, true, true).unwrap()];
+            for view in views {
+                let mut got = vec![0u8; (crop * crop * 3) as usize];
+                let used = decode_view_into(&bytes, resize, crop, |_, _| Ok(view), &mut got).unwrap();
+                assert_eq!(used, view);
+                let want = view_transform(&full, resize, crop, view).unwrap();
+                assert!(got == want.data, "{}: view {view:?} at {resize}/{crop} differs after a partial decode", it.key);
+                partial += (rows_needed(full.height, rh, crop, view) < full.height) as usize;
+            }
+        }
+    }
+    assert!(partial >= 10, "only {partial} views decoded fewer rows than the image has: the partial path is barely tested");
 }
 
 /// Codes that identify (key, view): the test can tell which stored row a batch carries.

@@ -5,7 +5,7 @@ use super::sources;
 use super::tar_samples::for_each_sample;
 use super::{Loader, LoaderConfig};
 use crate::batch::BatchStream;
-use crate::transform::{decode_rgb, resize_view_into, resized_size};
+use crate::transform::{decode_rgb, decode_view_into};
 use crate::view::View;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
@@ -94,10 +94,8 @@ fn decode_rates(opts: &BenchOptions) -> Result<(Option<Rate>, Option<Rate>)> {
     };
     let decode = time(&|b| decode_rgb(b).map(drop))?;
     let transform = time(&|b| {
-        let img = decode_rgb(b)?;
-        let (rw, rh) = resized_size(img.width, img.height, cfg.resize_shorter_edge);
         let mut out = vec![0; (cfg.crop_size as usize).pow(2) * 3];
-        resize_view_into(&img, (rw, rh), cfg.crop_size, View::center(rw, rh, cfg.crop_size)?, &mut out)
+        decode_view_into(b, cfg.resize_shorter_edge, cfg.crop_size, |w, h| View::center(w, h, cfg.crop_size), &mut out).map(drop)
     })?;
     Ok((Some(decode), Some(transform)))
 }

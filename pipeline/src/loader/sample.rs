@@ -5,7 +5,7 @@ use super::order::{TAG_VIEW, key_hash};
 use super::tar_samples::TarSample;
 use crate::codes::ShardCodes;
 use crate::rng::Rng;
-use crate::transform::{decode_rgb, resize_view_into, resized_size};
+use crate::transform::decode_view_into;
 use crate::view::View;
 
 /// What the transform needs from the loader configuration.
@@ -58,19 +58,19 @@ pub fn process(sample: TarSample, code: CodeChoice, spec: TransformSpec, seed: u
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
         .ok_or_else(|| format!("cls `{}` is not an integer", String::from_utf8_lossy(&cls)))?;
-    let img = decode_rgb(&image).map_err(|e| format!("{e:#}"))?;
-    let (rw, rh) = resized_size(img.width, img.height, spec.resize_shorter_edge);
-    let (view, code) = match code {
-        CodeChoice::Chosen { view_id, view, codes } => (view, Some((view_id, codes))),
-        CodeChoice::Missing => return Err("no proxy codes for this key".into()),
-        CodeChoice::None => {
-            let mut rng = sample_rng(seed, epoch, &sample.key);
-            let view = View::random(&mut rng, rw, rh, spec.crop_size, spec.random_crop, spec.random_flip).map_err(|e| format!("{e:#}"))?;
-            (view, None)
-        }
-    };
     let mut pixels = vec![0u8; spec.crop_size as usize * spec.crop_size as usize * 3];
-    resize_view_into(&img, (rw, rh), spec.crop_size, view, &mut pixels)
-        .map_err(|e| format!("{e:#} (proxy codes made with another resize rule?)"))?;
+    let (stored, code) = match code {
+        CodeChoice::Chosen { view_id, view, codes } => (Some(view), Some((view_id, codes))),
+        CodeChoice::Missing => return Err("no proxy codes for this key".into()),
+        CodeChoice::None => (None, None),
+    };
+    let pick = |rw: u32, rh: u32| match stored {
+        Some(view) => Ok(view),
+        None => View::random(&mut sample_rng(seed, epoch, &sample.key), rw, rh, spec.crop_size, spec.random_crop, spec.random_flip),
+    };
+    decode_view_into(&image, spec.resize_shorter_edge, spec.crop_size, pick, &mut pixels).map_err(|e| match stored {
+        Some(_) => format!("{e:#} (proxy codes made with another resize rule?)"),
+        None => format!("{e:#}"),
+    })?;
     Ok(Decoded { key: sample.key, label, pixels, code })
 }

@@ -1,0 +1,121 @@
+/* JPEG → RGB8 through the system libjpeg-turbo (the decoder PIL uses), for pipeline/src/jpeg.rs.
+ *
+ * Two calls per image: sftok_jpeg_open reads the header, sftok_jpeg_read decodes the first `rows`
+ * rows (a loader that needs only the top of an image stops there: the rest is never entropy
+ * decoded) and frees the handle. libjpeg reports fatal errors by longjmp; every entry point sets
+ * its own jump target, so no longjmp ever crosses a Rust frame.
+ *
+ * Settings are libjpeg's defaults, as in PIL: islow IDCT, fancy upsampling, no scaling. The
+ * output is therefore bit-identical to PIL's `Image.open(f).convert("RGB")` for YCbCr, RGB and
+ * grayscale JPEGs; CMYK/YCCK and non-8-bit files are left to the caller (SFTOK_JPEG_UNSUPPORTED).
+ */
+#include <setjmp.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jpeglib.h>
+#include <jerror.h>
+
+#define SFTOK_JPEG_OK 0
+#define SFTOK_JPEG_UNSUPPORTED 1
+#define SFTOK_JPEG_ERROR (-1)
+
+struct sftok_error {
+    struct jpeg_error_mgr pub;
+    jmp_buf jump;
+    int truncated; /* libjpeg only warns on premature end of data and pads with gray */
+};
+
+typedef struct sftok_jpeg {
+    struct jpeg_decompress_struct cinfo;
+    struct sftok_error err;
+} sftok_jpeg;
+
+static void on_error(j_common_ptr cinfo) {
+    struct sftok_error *err = (struct sftok_error *)cinfo->err;
+    longjmp(err->jump, 1);
+}
+
+static void on_message(j_common_ptr cinfo, int level) {
+    /* Warnings (level -1) about recoverable corruption are ignored, as PIL does; a premature
+     * end of data is remembered: the image would be padded, so the caller rejects it. */
+    struct sftok_error *err = (struct sftok_error *)cinfo->err;
+    if (level < 0 && err->pub.msg_code == JWRN_JPEG_EOF) err->truncated = 1;
+}
+
+static void message(sftok_jpeg *h, char *msg, size_t cap) {
+    if (cap == 0) return;
+    char buf[JMSG_LENGTH_MAX];
+    h->err.pub.format_message((j_common_ptr)&h->cinfo, buf);
+    snprintf(msg, cap, "%s", buf);
+}
+
+static void release(sftok_jpeg *h) {
+    jpeg_destroy_decompress(&h->cinfo);
+    free(h);
+}
+
+/* Reads the header. On SFTOK_JPEG_OK, *out is a handle for sftok_jpeg_read (or sftok_jpeg_free). */
+int sftok_jpeg_open(const uint8_t *data, size_t len, sftok_jpeg **out, uint32_t *width, uint32_t *height, char *msg, size_t cap) {
+    *out = NULL;
+    sftok_jpeg *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(msg, cap, "out of memory");
+        return SFTOK_JPEG_ERROR;
+    }
+    h->cinfo.err = jpeg_std_error(&h->err.pub);
+    h->err.pub.error_exit = on_error;
+    h->err.pub.emit_message = on_message;
+    if (setjmp(h->err.jump)) {
+        message(h, msg, cap);
+        release(h);
+        return SFTOK_JPEG_ERROR;
+    }
+    jpeg_create_decompress(&h->cinfo);
+    jpeg_mem_src(&h->cinfo, data, (unsigned long)len);
+    jpeg_read_header(&h->cinfo, TRUE);
+    J_COLOR_SPACE cs = h->cinfo.jpeg_color_space;
+    if (h->cinfo.data_precision != 8 || (cs != JCS_YCbCr && cs != JCS_RGB && cs != JCS_GRAYSCALE)) {
+        release(h);
+        return SFTOK_JPEG_UNSUPPORTED;
+    }
+    h->cinfo.out_color_space = JCS_RGB;
+    *width = h->cinfo.image_width;
+    *height = h->cinfo.image_height;
+    *out = h;
+    return SFTOK_JPEG_OK;
+}
+
+/* Decodes the first `rows` rows (clamped to the height) into `pixels` (rows · width · 3 bytes),
+ * then frees the handle whatever the outcome. */
+int sftok_jpeg_read(sftok_jpeg *h, uint32_t rows, uint8_t *pixels, char *msg, size_t cap) {
+    /* No scaling: the output is image_height rows. Clamped before setjmp, which may clobber it. */
+    if (rows > h->cinfo.image_height) rows = h->cinfo.image_height;
+    if (setjmp(h->err.jump)) {
+        message(h, msg, cap);
+        release(h);
+        return SFTOK_JPEG_ERROR;
+    }
+    jpeg_start_decompress(&h->cinfo);
+    size_t stride = (size_t)h->cinfo.output_width * 3;
+    while (h->cinfo.output_scanline < rows && !h->err.truncated) {
+        JSAMPROW row = pixels + (size_t)h->cinfo.output_scanline * stride;
+        jpeg_read_scanlines(&h->cinfo, &row, 1);
+    }
+    if (h->err.truncated) {
+        snprintf(msg, cap, "the JPEG data end early (truncated file)");
+        release(h);
+        return SFTOK_JPEG_ERROR;
+    }
+    /* The rest of the file is not needed: abort rather than decode it to reach the end. */
+    jpeg_abort_decompress(&h->cinfo);
+    release(h);
+    return SFTOK_JPEG_OK;
+}
+
+void sftok_jpeg_free(sftok_jpeg *h) {
+    if (h) release(h);
+}
