@@ -1,8 +1,9 @@
 /* JPEG → RGB8 through the system libjpeg-turbo (the decoder PIL uses), for pipeline/src/jpeg.rs.
  *
  * Two calls per image: sftok_jpeg_open reads the header, sftok_jpeg_read decodes the first `rows`
- * rows (a loader that needs only the top of an image stops there: the rest is never entropy
- * decoded) and frees the handle. libjpeg reports fatal errors by longjmp; every entry point sets
+ * rows of a column range (a loader that needs only part of an image stops below it: the rest is
+ * never entropy decoded; columns outside the range skip IDCT and colour conversion) and frees the
+ * handle. libjpeg reports fatal errors by longjmp; every entry point sets
  * its own jump target, so no longjmp ever crosses a Rust frame.
  *
  * Settings are libjpeg's defaults, as in PIL: islow IDCT, fancy upsampling, no scaling. The
@@ -89,20 +90,31 @@ int sftok_jpeg_open(const uint8_t *data, size_t len, sftok_jpeg **out, uint32_t 
     return SFTOK_JPEG_OK;
 }
 
-/* Decodes the first `rows` rows (clamped to the height) into `pixels` (rows · width · 3 bytes),
- * then frees the handle whatever the outcome. */
-int sftok_jpeg_read(sftok_jpeg *h, uint32_t rows, uint8_t *pixels, char *msg, size_t cap) {
-    /* No scaling: the output is image_height rows. Clamped before setjmp, which may clobber it. */
+/* Decodes the first `rows` rows (clamped to the height), at least columns [x0, x1), into
+ * `pixels`, laid out as the whole image: row r at r · stride, column c at c · 3. A narrower column
+ * range goes through jpeg_crop_scanline, which widens it to iMCU boundaries and treats its edges
+ * as image edges for chroma upsampling: callers keep a few columns of margin. Columns outside the
+ * decoded range are left untouched. Frees the handle whatever the outcome. */
+int sftok_jpeg_read(sftok_jpeg *h, uint32_t x0, uint32_t x1, uint32_t rows, uint8_t *pixels, size_t stride, char *msg, size_t cap) {
+    /* No scaling: the output is image_height rows. Clamped before setjmp, which may clobber them. */
+    uint32_t width = h->cinfo.image_width;
     if (rows > h->cinfo.image_height) rows = h->cinfo.image_height;
+    if (x1 > width) x1 = width;
+    if (x0 >= x1) x0 = 0, x1 = width;
     if (setjmp(h->err.jump)) {
         message(h, msg, cap);
         release(h);
         return SFTOK_JPEG_ERROR;
     }
     jpeg_start_decompress(&h->cinfo);
-    size_t stride = (size_t)h->cinfo.output_width * 3;
+    JDIMENSION left = 0;
+    if (x0 > 0 || x1 < width) {
+        JDIMENSION span = x1 - x0;
+        left = x0;
+        jpeg_crop_scanline(&h->cinfo, &left, &span);
+    }
     while (h->cinfo.output_scanline < rows && !h->err.truncated) {
-        JSAMPROW row = pixels + (size_t)h->cinfo.output_scanline * stride;
+        JSAMPROW row = pixels + (size_t)h->cinfo.output_scanline * stride + (size_t)left * 3;
         jpeg_read_scanlines(&h->cinfo, &row, 1);
     }
     if (h->err.truncated) {

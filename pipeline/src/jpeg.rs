@@ -16,7 +16,7 @@ struct RawHandle {
 
 unsafe extern "C" {
     fn sftok_jpeg_open(data: *const u8, len: usize, out: *mut *mut RawHandle, width: *mut u32, height: *mut u32, msg: *mut c_char, cap: usize) -> c_int;
-    fn sftok_jpeg_read(h: *mut RawHandle, rows: u32, pixels: *mut u8, msg: *mut c_char, cap: usize) -> c_int;
+    fn sftok_jpeg_read(h: *mut RawHandle, x0: u32, x1: u32, rows: u32, pixels: *mut u8, stride: usize, msg: *mut c_char, cap: usize) -> c_int;
     fn sftok_jpeg_free(h: *mut RawHandle);
 }
 
@@ -59,21 +59,43 @@ impl<'a> JpegDecoder<'a> {
 
     /// Decodes the first `rows` rows (at most the height) as RGB8, `width · 3` bytes a row.
     pub fn decode_rows(self, rows: u32) -> Result<Vec<u8>> {
-        let rows = rows.min(self.height);
-        let len = rows as usize * self.width as usize * 3;
-        // Not zeroed: the C side writes every byte before the length is set.
+        let len = rows.min(self.height) as usize * self.width as usize * 3;
+        // Not zeroed: with all columns the C side writes every byte before the length is set.
         let mut pixels = Vec::<u8>::with_capacity(len);
+        let width = self.width;
+        // SAFETY: the buffer has room for `rows · width · 3` bytes, all of them written on success.
+        unsafe {
+            self.read(0, width, rows, pixels.as_mut_ptr())?;
+            pixels.set_len(len);
+        }
+        Ok(pixels)
+    }
+
+    /// Decodes the first `rows` rows (at most the height), at least columns `cols`, into `out`
+    /// laid out as the whole image (`width · 3` bytes a row). Columns outside the decoded range
+    /// keep what `out` held; the few columns at the range's edges may differ from a full decode
+    /// (libjpeg upsamples chroma there as at an image edge), so ask for a margin.
+    pub fn decode_region_into(self, rows: u32, cols: std::ops::Range<u32>, out: &mut [u8]) -> Result<()> {
+        let need = rows.min(self.height) as usize * self.width as usize * 3;
+        if out.len() < need {
+            bail!("a {}-wide, {rows}-row RGB region needs {need} bytes, the buffer holds {}", self.width, out.len());
+        }
+        // SAFETY: `out` holds the rows the C side writes (checked above).
+        unsafe { self.read(cols.start, cols.end, rows, out.as_mut_ptr()) }
+    }
+
+    /// # Safety
+    /// `pixels` must have room for `min(rows, height) · width · 3` bytes.
+    unsafe fn read(self, x0: u32, x1: u32, rows: u32, pixels: *mut u8) -> Result<()> {
         let mut msg = [0 as c_char; 256];
-        let handle = self.handle.as_ptr();
+        let (handle, stride) = (self.handle.as_ptr(), self.width as usize * 3);
         std::mem::forget(self); // sftok_jpeg_read frees the handle whatever happens
-        // SAFETY: `pixels` holds `rows · width · 3` bytes, as the C side writes; the handle is live.
-        let rc = unsafe { sftok_jpeg_read(handle, rows, pixels.as_mut_ptr(), msg.as_mut_ptr(), msg.len()) };
+        // SAFETY: a live handle; the caller vouches for the buffer.
+        let rc = unsafe { sftok_jpeg_read(handle, x0, x1, rows, pixels, stride, msg.as_mut_ptr(), msg.len()) };
         if rc != OK {
             bail!("cannot decode the JPEG: {}", message(&msg));
         }
-        // SAFETY: on success sftok_jpeg_read wrote all `rows · width · 3` bytes.
-        unsafe { pixels.set_len(len) };
-        Ok(pixels)
+        Ok(())
     }
 
     /// The whole image as RGB8.
@@ -97,7 +119,10 @@ mod tests {
     fn encoded(width: u16, height: u16, color: jpeg_encoder::ColorType, channels: usize) -> Vec<u8> {
         let px: Vec<u8> = (0..width as usize * height as usize * channels).map(|i| (i * 7 % 251) as u8).collect();
         let mut out = Vec::new();
-        jpeg_encoder::Encoder::new(&mut out, 90).encode(&px, width, height, color).unwrap();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+        // 4:2:0 as in ImageNet: chroma upsampling is where partial decodes could go wrong.
+        encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+        encoder.encode(&px, width, height, color).unwrap();
         out
     }
 
@@ -109,6 +134,22 @@ mod tests {
         let top = JpegDecoder::open(&jpg).unwrap().unwrap().decode_rows(21).unwrap();
         assert_eq!(top[..], full[..40 * 21 * 3]);
         assert_eq!(JpegDecoder::open(&jpg).unwrap().unwrap().decode_rows(999).unwrap(), full);
+    }
+
+    #[test]
+    fn a_column_range_matches_the_full_decode_inside_its_margin() {
+        let jpg = encoded(96, 40, jpeg_encoder::ColorType::Rgb, 3);
+        let full = JpegDecoder::open(&jpg).unwrap().unwrap().decode().unwrap();
+        let mut out = vec![7u8; full.len()];
+        JpegDecoder::open(&jpg).unwrap().unwrap().decode_region_into(30, 37..61, &mut out).unwrap();
+        let row = 96 * 3;
+        for r in 0..30 {
+            // 4 columns of margin on each side of the requested range are exact.
+            assert_eq!(out[r * row + 41 * 3..r * row + 57 * 3], full[r * row + 41 * 3..r * row + 57 * 3], "row {r}");
+        }
+        assert!(out[30 * row..].iter().all(|&v| v == 7), "rows below the range were written");
+        assert!(out[..3].iter().all(|&v| v == 7), "column 0 lies outside the iMCU-aligned range and was written");
+        assert!(JpegDecoder::open(&jpg).unwrap().unwrap().decode_region_into(30, 0..96, &mut out[..100]).is_err());
     }
 
     #[test]

@@ -52,7 +52,8 @@ fn decode_other(bytes: &[u8]) -> Result<RgbImage> {
 
 /// Decode + `Resize(resize_shorter_edge)` + the view `pick` chooses from the resized size, into
 /// `out` (`crop_size`² RGB8); returns the view. Equals [`view_transform`] on [`decode_rgb`]'s
-/// image, but a JPEG is decoded only down to the last row the resize reads.
+/// image, but a JPEG is decoded only down to the last row, and across the columns, the resize
+/// reads (into a per-thread scratch buffer).
 pub fn decode_view_into(
     bytes: &[u8],
     resize_shorter_edge: u32,
@@ -60,24 +61,67 @@ pub fn decode_view_into(
     pick: impl FnOnce(u32, u32) -> Result<View>,
     out: &mut [u8],
 ) -> Result<View> {
-    let (img, full_height, view, resized) = match open_jpeg(bytes)? {
-        Some(jpeg) => {
-            let (w, h) = (jpeg.width, jpeg.height);
-            let resized = resized_size(w, h, resize_shorter_edge);
-            let view = pick(resized.0, resized.1)?;
-            let rows = rows_needed(h, resized.1, crop_size, view);
-            (RgbImage::new(w, rows, jpeg.decode_rows(rows)?)?, h, view, resized)
-        }
-        None => {
-            let img = decode_other(bytes)?;
-            let resized = resized_size(img.width, img.height, resize_shorter_edge);
-            let view = pick(resized.0, resized.1)?;
-            let h = img.height;
-            (img, h, view, resized)
-        }
+    let Some(jpeg) = open_jpeg(bytes)? else {
+        let img = decode_other(bytes)?;
+        let resized = resized_size(img.width, img.height, resize_shorter_edge);
+        let view = pick(resized.0, resized.1)?;
+        resize_rows_into(RgbRows::of(&img), resized, crop_size, view, out)?;
+        return Ok(view);
     };
-    resize_rows_into(&img, full_height, resized, crop_size, view, out)?;
+    let (w, h) = (jpeg.width, jpeg.height);
+    let resized = resized_size(w, h, resize_shorter_edge);
+    let view = pick(resized.0, resized.1)?;
+    let rows = reach(h, resized.1, crop_size, view.crop_y).end;
+    let cols = reach(w, resized.0, crop_size, view.crop_x);
+    // libjpeg treats the edges of a column range as image edges when upsampling chroma, which
+    // changes the outermost decoded columns: keep them outside the filter's reach.
+    let cols = cols.start.saturating_sub(JPEG_CROP_MARGIN)..(cols.end + JPEG_CROP_MARGIN).min(w);
+    let need = rows as usize * w as usize * 3;
+    let mut decode = |buf: &mut [u8]| -> Result<()> {
+        jpeg.decode_region_into(rows, cols, buf)?;
+        resize_rows_into(RgbRows { width: w, height: h, data: buf }, resized, crop_size, view, out)
+    };
+    if need > SCRATCH_MAX {
+        decode(&mut vec![0; need])?;
+    } else {
+        // Reused across images: no allocation or page faults per sample. Stale pixels from an
+        // earlier image outside `cols` are never read.
+        SCRATCH.with_borrow_mut(|buf| {
+            if buf.len() < need {
+                buf.resize(need, 0);
+            }
+            decode(&mut buf[..need])
+        })?;
+    }
     Ok(view)
+}
+
+/// Columns of margin around a JPEG column range (libjpeg's edge upsampling reaches 1–2).
+const JPEG_CROP_MARGIN: u32 = 4;
+/// Larger decodes get a buffer of their own rather than growing the per-thread one.
+const SCRATCH_MAX: usize = 32 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Source pixels for a resize: the top rows of a `width`×`height` RGB8 image (`width · 3` bytes
+/// a row), as many as `data` holds. Columns a view does not read may hold anything.
+#[derive(Clone, Copy, Debug)]
+pub struct RgbRows<'a> {
+    pub width: u32,
+    pub height: u32,
+    pub data: &'a [u8],
+}
+
+impl<'a> RgbRows<'a> {
+    pub fn of(img: &'a RgbImage) -> RgbRows<'a> {
+        RgbRows { width: img.width, height: img.height, data: &img.data }
+    }
+
+    fn rows(&self) -> u32 {
+        (self.data.len() / (self.width as usize * 3).max(1)) as u32
+    }
 }
 
 /// torchvision `Resize(shorter)` output size: the shorter side becomes `shorter`, the longer
@@ -149,30 +193,28 @@ pub fn hflip_rows(data: &mut [u8], width: usize) {
 /// fractional edges): every output pixel keeps its source centre `(x + 0.5) · src / resized` and
 /// its filter taps, as when resizing the whole image and cropping after, for less work.
 pub fn resize_view_into(img: &RgbImage, resized: (u32, u32), crop_size: u32, view: View, out: &mut [u8]) -> Result<()> {
-    resize_rows_into(img, img.height, resized, crop_size, view, out)
+    resize_rows_into(RgbRows::of(img), resized, crop_size, view, out)
 }
 
-/// Bicubic reach in source pixels: support 2 output pixels, widened by the scale when shrinking
-/// (PIL's antialias; fast_image_resize's adaptive kernel size).
-fn filter_radius(scale: f64) -> f64 {
-    2.0 * scale.max(1.0)
-}
-
-/// How many top rows of a `height`-row image the view's resize reads (fast_image_resize's
-/// `x_max = ceil(centre + radius)`, plus one row for rounding), at most `height`.
-pub fn rows_needed(height: u32, resized_height: u32, crop_size: u32, view: View) -> u32 {
-    if resized_height == height {
-        return (view.crop_y as u32 + crop_size).min(height);
+/// The source pixels (along one axis of `size` pixels) that the resize to `resized` reads for the
+/// crop `[offset, offset + crop)`: fast_image_resize's taps `floor(centre − radius) ..
+/// ceil(centre + radius)`, radius 2 source pixels widened by the scale when shrinking (PIL's
+/// antialias), plus one pixel each side for rounding.
+pub fn reach(size: u32, resized: u32, crop: u32, offset: u16) -> std::ops::Range<u32> {
+    let (lo, hi) = (offset as u32, offset as u32 + crop);
+    if resized == size {
+        return lo.min(size)..hi.min(size);
     }
-    let sy = height as f64 / resized_height as f64;
-    let bottom = (view.crop_y as u32 + crop_size) as f64 * sy;
-    ((bottom + filter_radius(sy)).ceil() as u32 + 1).min(height)
+    let scale = size as f64 / resized as f64;
+    let radius = 2.0 * scale.max(1.0);
+    let start = ((lo as f64 * scale - radius).floor() - 1.0).max(0.0) as u32;
+    let end = ((hi as f64 * scale + radius).ceil() as u32 + 1).min(size);
+    start..end
 }
 
-/// [`resize_view_into`] where `img` holds only the top rows of a `full_height`-row image (at
-/// least [`rows_needed`] of them). The filter taps never reach the missing rows, so the result
-/// is the one of the whole image.
-pub fn resize_rows_into(img: &RgbImage, full_height: u32, resized: (u32, u32), crop_size: u32, view: View, out: &mut [u8]) -> Result<()> {
+/// [`resize_view_into`] on the top rows of an image. Only the rows and columns in [`reach`] of
+/// the view are read, so a partial decode gives the result of the whole image.
+pub fn resize_rows_into(src: RgbRows, resized: (u32, u32), crop_size: u32, view: View, out: &mut [u8]) -> Result<()> {
     let (rw, rh) = resized;
     let (x, y) = (view.crop_x as u32, view.crop_y as u32);
     if x + crop_size > rw || y + crop_size > rh {
@@ -182,42 +224,42 @@ pub fn resize_rows_into(img: &RgbImage, full_height: u32, resized: (u32, u32), c
     if out.len() != need {
         bail!("output buffer holds {} bytes, a {crop_size}×{crop_size} RGB image needs {need}", out.len());
     }
-    let rows = rows_needed(full_height, rh, crop_size, view);
-    if img.height < rows {
-        bail!("the view needs {rows} decoded rows, the image has {}", img.height);
+    let (width, rows) = (src.width, src.rows());
+    let band = reach(src.height, rh, crop_size, view.crop_y);
+    if rows < band.end {
+        bail!("the view needs {} decoded rows, the image has {rows}", band.end);
     }
-    if (rw, rh) == (img.width, full_height) {
+    if (rw, rh) == (width, src.height) {
         // No resize (PIL and torchvision copy the image unchanged): a plain crop.
-        let row = img.width as usize * 3;
+        let row = width as usize * 3;
         for (r, dst) in out.chunks_exact_mut(crop_size as usize * 3).enumerate() {
             let start = (y as usize + r) * row + x as usize * 3;
-            dst.copy_from_slice(&img.data[start..start + dst.len()]);
+            dst.copy_from_slice(&src.data[start..start + dst.len()]);
         }
     } else {
         // Two one-dimensional passes in PIL's order, horizontal then vertical, each rounding to
         // u8: fast_image_resize alone runs u8 images vertical-first, and the intermediate
         // clipping of bicubic overshoot then differs from PIL by up to ~20 levels on textured
         // images (with PIL's order: max 3–8, see the parity test).
-        let (sx, sy) = (img.width as f64 / rw as f64, full_height as f64 / rh as f64);
+        let (sx, sy) = (width as f64 / rw as f64, src.height as f64 / rh as f64);
         let (left, top) = (x as f64 * sx, y as f64 * sy);
         // A window touching the far edge can overshoot it by a rounding error; clamp it.
-        let width = (crop_size as f64 * sx).min(img.width as f64 - left);
-        let height = (crop_size as f64 * sy).min(full_height as f64 - top);
+        let box_width = (crop_size as f64 * sx).min(width as f64 - left);
+        let box_height = (crop_size as f64 * sy).min(src.height as f64 - top);
         let bicubic = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
         let mut resizer = Resizer::new();
-        // The horizontal pass runs only on the band of rows the vertical taps read, [first,
-        // img.height); rows keep their indices in `mid`, so the vertical pass sees the same
-        // coordinates (and gives the same pixels) as with every row resized.
-        let first = ((top - filter_radius(sy)).floor() as i64 - 1).max(0) as usize;
-        let (src_row, mid_row) = (img.width as usize * 3, crop_size as usize * 3);
-        let band = img.height - first as u32;
-        let src = ImageRef::new(img.width, band, &img.data[first * src_row..], PixelType::U8x3)?;
-        let mut mid = vec![0u8; img.height as usize * mid_row];
-        let mut band_dst = Image::from_slice_u8(crop_size, band, &mut mid[first * mid_row..], PixelType::U8x3)?;
-        resizer.resize(&src, &mut band_dst, &bicubic.crop(left, 0.0, width, band as f64))?;
-        let mid = ImageRef::new(crop_size, img.height, &mid, PixelType::U8x3)?;
+        // The horizontal pass runs only on the band of rows the vertical taps read; rows keep
+        // their indices in `mid`, so the vertical pass sees the same coordinates (and gives the
+        // same pixels) as with every row resized. Rows past the band are never read.
+        let (first, src_row, mid_row) = (band.start as usize, width as usize * 3, crop_size as usize * 3);
+        let (end, band_rows) = (band.end as usize, band.end - band.start);
+        let band_src = ImageRef::new(width, band_rows, &src.data[first * src_row..end * src_row], PixelType::U8x3)?;
+        let mut mid = vec![0u8; end * mid_row];
+        let mut band_dst = Image::from_slice_u8(crop_size, band_rows, &mut mid[first * mid_row..], PixelType::U8x3)?;
+        resizer.resize(&band_src, &mut band_dst, &bicubic.crop(left, 0.0, box_width, band_rows as f64))?;
+        let mid = ImageRef::new(crop_size, band.end, &mid, PixelType::U8x3)?;
         let mut dst = Image::from_slice_u8(crop_size, crop_size, out, PixelType::U8x3)?;
-        resizer.resize(&mid, &mut dst, &bicubic.crop(0.0, top, crop_size as f64, height))?;
+        resizer.resize(&mid, &mut dst, &bicubic.crop(0.0, top, crop_size as f64, box_height))?;
     }
     if view.flip {
         hflip_rows(out, crop_size as usize);

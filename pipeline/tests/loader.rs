@@ -9,7 +9,7 @@ use sftok_pipeline::batch::{Batch, BatchStream};
 use sftok_pipeline::codes::{CodeMeta, CodeWriter, code_file_name};
 use sftok_pipeline::loader::{Loader, LoaderConfig};
 use sftok_pipeline::rng::Rng;
-use sftok_pipeline::transform::{decode_rgb, decode_view_into, eval_transform, resized_size, rows_needed, view_transform};
+use sftok_pipeline::transform::{decode_rgb, decode_view_into, eval_transform, reach, resized_size, view_transform};
 use sftok_pipeline::view::{View, views_for};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -98,9 +98,9 @@ fn jpeg_pixels_are_pils_and_decoding_only_the_needed_rows_changes_nothing() {
     assert_eq!(ours.len(), pil.len(), "decoded sizes differ from PIL's");
     assert_eq!(diff(&ours, &pil), (0.0, 0), "libjpeg-turbo decode differs from PIL's");
 
-    // The loader's path (decode_view_into stops the JPEG decode below the rows the resize reads)
-    // equals the full decode + view_transform, for views down to the bottom edge, both settings.
-    let mut partial = 0;
+    // The loader's path (decode_view_into decodes only the rows and columns the resize reads)
+    // equals the full decode + view_transform, for views at the edges, both settings.
+    let (mut partial_rows, mut partial_cols) = (0, 0);
     for (i, it) in items.iter().enumerate() {
         let bytes = std::fs::read(&it.path).unwrap();
         let full = decode_rgb(&bytes).unwrap();
@@ -111,18 +111,21 @@ fn jpeg_pixels_are_pils_and_decoding_only_the_needed_rows_changes_nothing() {
             }
             let mut rng = Rng::keyed(&[i as u64, resize as u64]);
             let bottom = View { crop_x: (rw - crop) as u16, crop_y: (rh - crop) as u16, flip: true };
-            let views = [bottom, View::center(rw, rh, crop).unwrap(), View::random(&mut rng, rw, rh, crop, true, true).unwrap()];
+            let top_left = View { crop_x: 0, crop_y: 0, flip: false };
+            let views = [bottom, top_left, View::center(rw, rh, crop).unwrap(), View::random(&mut rng, rw, rh, crop, true, true).unwrap()];
             for view in views {
                 let mut got = vec![0u8; (crop * crop * 3) as usize];
                 let used = decode_view_into(&bytes, resize, crop, |_, _| Ok(view), &mut got).unwrap();
                 assert_eq!(used, view);
                 let want = view_transform(&full, resize, crop, view).unwrap();
                 assert!(got == want.data, "{}: view {view:?} at {resize}/{crop} differs after a partial decode", it.key);
-                partial += (rows_needed(full.height, rh, crop, view) < full.height) as usize;
+                partial_rows += (reach(full.height, rh, crop, view.crop_y).end < full.height) as usize;
+                partial_cols += (reach(full.width, rw, crop, view.crop_x) != (0..full.width)) as usize;
             }
         }
     }
-    assert!(partial >= 10, "only {partial} views decoded fewer rows than the image has: the partial path is barely tested");
+    println!("{partial_rows} views decoded fewer rows, {partial_cols} fewer columns than the image has");
+    assert!(partial_rows >= 10 && partial_cols >= 10, "the partial decode paths are barely tested");
 }
 
 /// Codes that identify (key, view): the test can tell which stored row a batch carries.
