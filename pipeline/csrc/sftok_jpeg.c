@@ -95,12 +95,20 @@ int sftok_jpeg_open(const uint8_t *data, size_t len, sftok_jpeg **out, uint32_t 
  * range goes through jpeg_crop_scanline, which widens it to iMCU boundaries and treats its edges
  * as image edges for chroma upsampling: callers keep a few columns of margin. Columns outside the
  * decoded range are left untouched. Frees the handle whatever the outcome. */
+static int read_clamped(sftok_jpeg *h, const uint32_t x0, const uint32_t x1, const uint32_t rows, uint8_t *pixels, size_t stride, char *msg, size_t cap);
+
 int sftok_jpeg_read(sftok_jpeg *h, uint32_t x0, uint32_t x1, uint32_t rows, uint8_t *pixels, size_t stride, char *msg, size_t cap) {
-    /* No scaling: the output is image_height rows. Clamped before setjmp, which may clobber them. */
+    /* No scaling: the output is image_height rows. */
     uint32_t width = h->cinfo.image_width;
     if (rows > h->cinfo.image_height) rows = h->cinfo.image_height;
     if (x1 > width) x1 = width;
     if (x0 >= x1) x0 = 0, x1 = width;
+    return read_clamped(h, x0, x1, rows, pixels, stride, msg, cap);
+}
+
+/* Separate from the clamping above: nothing set before setjmp changes after it. */
+static int read_clamped(sftok_jpeg *h, const uint32_t x0, const uint32_t x1, const uint32_t rows, uint8_t *pixels, size_t stride, char *msg, size_t cap) {
+    uint32_t width = h->cinfo.image_width;
     if (setjmp(h->err.jump)) {
         message(h, msg, cap);
         release(h);

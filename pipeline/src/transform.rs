@@ -77,7 +77,7 @@ pub fn decode_view_into(
     // changes the outermost decoded columns: keep them outside the filter's reach.
     let cols = cols.start.saturating_sub(JPEG_CROP_MARGIN)..(cols.end + JPEG_CROP_MARGIN).min(w);
     let need = rows as usize * w as usize * 3;
-    let mut decode = |buf: &mut [u8]| -> Result<()> {
+    let decode = |buf: &mut [u8]| -> Result<()> {
         jpeg.decode_region_into(rows, cols, buf)?;
         resize_rows_into(RgbRows { width: w, height: h, data: buf }, resized, crop_size, view, out)
     };
