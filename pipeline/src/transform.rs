@@ -102,7 +102,10 @@ const JPEG_CROP_MARGIN: u32 = 4;
 const SCRATCH_MAX: usize = 32 << 20;
 
 thread_local! {
+    /// Decoded JPEG rows (`decode_view_into`).
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The horizontal pass's output (`resize_rows_into`).
+    static MID: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Source pixels for a resize: the top rows of a `width`×`height` RGB8 image (`width · 3` bytes
@@ -254,12 +257,19 @@ pub fn resize_rows_into(src: RgbRows, resized: (u32, u32), crop_size: u32, view:
         let (first, src_row, mid_row) = (band.start as usize, width as usize * 3, crop_size as usize * 3);
         let (end, band_rows) = (band.end as usize, band.end - band.start);
         let band_src = ImageRef::new(width, band_rows, &src.data[first * src_row..end * src_row], PixelType::U8x3)?;
-        let mut mid = vec![0u8; end * mid_row];
-        let mut band_dst = Image::from_slice_u8(crop_size, band_rows, &mut mid[first * mid_row..], PixelType::U8x3)?;
-        resizer.resize(&band_src, &mut band_dst, &bicubic.crop(left, 0.0, box_width, band_rows as f64))?;
-        let mid = ImageRef::new(crop_size, band.end, &mid, PixelType::U8x3)?;
-        let mut dst = Image::from_slice_u8(crop_size, crop_size, out, PixelType::U8x3)?;
-        resizer.resize(&mid, &mut dst, &bicubic.crop(0.0, top, crop_size as f64, box_height))?;
+        // `mid` is a per-thread scratch buffer: rows above the band hold stale pixels, never read.
+        MID.with_borrow_mut(|mid| -> Result<()> {
+            if mid.len() < end * mid_row {
+                mid.resize(end * mid_row, 0);
+            }
+            let mid = &mut mid[..end * mid_row];
+            let mut band_dst = Image::from_slice_u8(crop_size, band_rows, &mut mid[first * mid_row..], PixelType::U8x3)?;
+            resizer.resize(&band_src, &mut band_dst, &bicubic.crop(left, 0.0, box_width, band_rows as f64))?;
+            let mid = ImageRef::new(crop_size, band.end, mid, PixelType::U8x3)?;
+            let mut dst = Image::from_slice_u8(crop_size, crop_size, out, PixelType::U8x3)?;
+            resizer.resize(&mid, &mut dst, &bicubic.crop(0.0, top, crop_size as f64, box_height))?;
+            Ok(())
+        })?;
     }
     if view.flip {
         hflip_rows(out, crop_size as usize);

@@ -286,9 +286,11 @@ impl Loader {
             .build()
             .context("starting the decode pool")?;
         let window = (2 * cfg.batch_size).max(4 * cfg.workers);
+        // A credit is a pixel buffer: the assembler hands each sample's buffer back once it is
+        // copied into a batch, so `window` buffers circulate and none is allocated per sample.
         let (credit_tx, credit_rx) = bounded(window);
         for _ in 0..window {
-            credit_tx.send(()).expect("the credit channel has room for the window");
+            credit_tx.send(Vec::new()).expect("the credit channel has room for the window");
         }
         let (event_tx, event_rx) = unbounded();
         let (batch_tx, batch_rx) = bounded(cfg.prefetch);
@@ -367,7 +369,7 @@ struct Reader {
     shards: Arc<Vec<Shard>>,
     store: Option<ProxyCodeStore>,
     pool: rayon::ThreadPool,
-    credits: Receiver<()>,
+    credits: Receiver<Vec<u8>>,
     events: Sender<(u64, Event)>,
     start: LoaderState,
     stop: Arc<AtomicBool>,
@@ -411,7 +413,7 @@ impl Reader {
             if matches!(code, CodeChoice::Missing) && !cfg.skip_missing_codes {
                 bail!("shard {shard}: key {} has no proxy codes in {codes_dir} (compute them, or set skip_missing_codes to skip such samples)", sample.key);
             }
-            self.credits.recv().map_err(|_| Stopped)?;
+            let pixels = self.credits.recv().map_err(|_| Stopped)?;
             if self.stop.load(Ordering::Relaxed) {
                 return Err(Stopped.into());
             }
@@ -421,7 +423,7 @@ impl Reader {
                 let key = sample.key.clone();
                 // After a stop the result is never used: answer at once so the assembler is not
                 // left waiting for it.
-                let result = if stop.load(Ordering::Relaxed) { Err("loader stopped".into()) } else { process(sample, code, spec, seed, epoch) };
+                let result = if stop.load(Ordering::Relaxed) { Err("loader stopped".into()) } else { process(sample, code, spec, seed, epoch, pixels) };
                 let _ = events.send((s, Event::Sample { epoch, idx: i, shard, key, result }));
             });
             Ok(())
@@ -467,7 +469,7 @@ struct Assembler {
     cfg: LoaderConfig,
     codes_per_image: usize,
     events: Receiver<(u64, Event)>,
-    credits: Sender<()>,
+    credits: Sender<Vec<u8>>,
     out: Sender<Result<(Batch, LoaderState)>>,
     /// Position after the last batch sent.
     state: LoaderState,
@@ -491,10 +493,9 @@ impl Assembler {
                 next += 1;
                 match event {
                     Event::Sample { epoch, idx, shard, key, result } => {
-                        let _ = self.credits.send(());
                         match result {
                             Ok(d) => {
-                                push(&mut batch, d);
+                                let _ = self.credits.send(push(&mut batch, d));
                                 if batch.len() == self.cfg.batch_size {
                                     batches += 1;
                                     let state = LoaderState { epoch, consumed: idx + 1, batches_in_epoch: batches, skipped_in_epoch: skipped, ..self.state.clone() };
@@ -505,6 +506,7 @@ impl Assembler {
                                 }
                             }
                             Err(reason) => {
+                                let _ = self.credits.send(Vec::new());
                                 skipped += 1;
                                 eprintln!("warning: skipping sample {key} of shard {shard} (epoch {epoch}): {reason}");
                             }
@@ -559,7 +561,8 @@ impl Assembler {
     }
 }
 
-fn push(batch: &mut Batch, d: Decoded) {
+/// Appends the sample; returns its pixel buffer for reuse.
+fn push(batch: &mut Batch, d: Decoded) -> Vec<u8> {
     batch.images.extend_from_slice(&d.pixels);
     batch.labels.push(d.label);
     batch.keys.push(d.key);
@@ -567,4 +570,5 @@ fn push(batch: &mut Batch, d: Decoded) {
         all.extend_from_slice(&codes);
         views.push(view_id);
     }
+    d.pixels
 }

@@ -50,15 +50,16 @@ pub struct Decoded {
     pub code: Option<(u8, Vec<u16>)>,
 }
 
-/// Decodes and transforms; `Err` is the reason the sample is skipped.
-pub fn process(sample: TarSample, code: CodeChoice, spec: TransformSpec, seed: u64, epoch: u64) -> Result<Decoded, String> {
+/// Decodes and transforms into `pixels` (a recycled buffer: any length, any content); `Err` is
+/// the reason the sample is skipped.
+pub fn process(sample: TarSample, code: CodeChoice, spec: TransformSpec, seed: u64, epoch: u64, mut pixels: Vec<u8>) -> Result<Decoded, String> {
     let image = sample.image.ok_or("no image member (jpg/jpeg/png/webp)")?;
     let cls = sample.cls.ok_or("no cls member")?;
     let label = std::str::from_utf8(&cls)
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
         .ok_or_else(|| format!("cls `{}` is not an integer", String::from_utf8_lossy(&cls)))?;
-    let mut pixels = vec![0u8; spec.crop_size as usize * spec.crop_size as usize * 3];
+    pixels.resize(spec.crop_size as usize * spec.crop_size as usize * 3, 0);
     let (stored, code) = match code {
         CodeChoice::Chosen { view_id, view, codes } => (Some(view), Some((view_id, codes))),
         CodeChoice::Missing => return Err("no proxy codes for this key".into()),
