@@ -136,6 +136,21 @@ static int read_clamped(sftok_jpeg *h, const uint32_t x0, const uint32_t x1, con
     return SFTOK_JPEG_OK;
 }
 
+/* Entropy decoding only (jpeg_read_coefficients: Huffman, no IDCT, upsampling or colour
+ * conversion), then frees the handle: the floor under any pixel decode of the file, for the
+ * loader benchmark. */
+int sftok_jpeg_entropy_only(sftok_jpeg *h, char *msg, size_t cap) {
+    if (setjmp(h->err.jump)) {
+        message(h, msg, cap);
+        release(h);
+        return SFTOK_JPEG_ERROR;
+    }
+    jpeg_read_coefficients(&h->cinfo);
+    jpeg_finish_decompress(&h->cinfo);
+    release(h);
+    return SFTOK_JPEG_OK;
+}
+
 void sftok_jpeg_free(sftok_jpeg *h) {
     if (h) release(h);
 }

@@ -17,6 +17,7 @@ struct RawHandle {
 unsafe extern "C" {
     fn sftok_jpeg_open(data: *const u8, len: usize, out: *mut *mut RawHandle, width: *mut u32, height: *mut u32, msg: *mut c_char, cap: usize) -> c_int;
     fn sftok_jpeg_read(h: *mut RawHandle, x0: u32, x1: u32, rows: u32, pixels: *mut u8, stride: usize, msg: *mut c_char, cap: usize) -> c_int;
+    fn sftok_jpeg_entropy_only(h: *mut RawHandle, msg: *mut c_char, cap: usize) -> c_int;
     fn sftok_jpeg_free(h: *mut RawHandle);
 }
 
@@ -93,6 +94,19 @@ impl<'a> JpegDecoder<'a> {
         // SAFETY: a live handle; the caller vouches for the buffer.
         let rc = unsafe { sftok_jpeg_read(handle, x0, x1, rows, pixels, stride, msg.as_mut_ptr(), msg.len()) };
         if rc != OK {
+            bail!("cannot decode the JPEG: {}", message(&msg));
+        }
+        Ok(())
+    }
+
+    /// Entropy-decodes the whole file and nothing more (no IDCT, upsampling or colour
+    /// conversion): the floor under any decode of it, which `bench-load` reports.
+    pub fn entropy_decode_only(self) -> Result<()> {
+        let mut msg = [0 as c_char; 256];
+        let handle = self.handle.as_ptr();
+        std::mem::forget(self); // sftok_jpeg_entropy_only frees the handle whatever happens
+        // SAFETY: a live handle.
+        if unsafe { sftok_jpeg_entropy_only(handle, msg.as_mut_ptr(), msg.len()) } != OK {
             bail!("cannot decode the JPEG: {}", message(&msg));
         }
         Ok(())

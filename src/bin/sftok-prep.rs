@@ -450,7 +450,12 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
         "RESULT load_rust{tag} transform={mode} batch={batch} workers={workers} images={} seconds={:.3} images_per_s={:.1} cpu_s={:.2} images_per_cpu_s={:.1} peak_rss_mb={:.0} load1={:.2}",
         r.images, r.seconds, r.images_per_s(), r.cpu_s, r.images_per_cpu_s(), report.peak_rss_mb, load1()
     );
-    for (name, rate) in [("load_rust_decode_only", &report.decode), ("load_rust_decode_transform", &report.transform)] {
+    let rates = [
+        ("load_rust_entropy_only", &report.entropy),
+        ("load_rust_decode_only", &report.decode),
+        ("load_rust_decode_transform", &report.transform),
+    ];
+    for (name, rate) in rates {
         if let Some(d) = rate {
             println!(
                 "RESULT {name}{tag} workers={workers} images={} seconds={:.3} images_per_s={:.1} cpu_s={:.2} images_per_cpu_s={:.1} loader_fraction={:.3} load1={:.2}",

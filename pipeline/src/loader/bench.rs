@@ -5,6 +5,7 @@ use super::sources;
 use super::tar_samples::for_each_sample;
 use super::{Loader, LoaderConfig};
 use crate::batch::BatchStream;
+use crate::jpeg::JpegDecoder;
 use crate::transform::{decode_rgb, decode_view_into};
 use crate::view::View;
 use anyhow::{Context, Result, bail};
@@ -41,6 +42,9 @@ impl Rate {
 #[derive(Clone, Debug)]
 pub struct BenchReport {
     pub loader: Rate,
+    /// JPEG entropy decoding only (no IDCT, upsampling, colour conversion): the floor under any
+    /// decoder built on libjpeg-turbo — PIL's included. Same pool and input as `decode`.
+    pub entropy: Option<Rate>,
     /// Bytes → RGB only, on a pool of the loader's worker count, input in memory.
     pub decode: Option<Rate>,
     /// Decode + resize + crop, same pool, input in memory.
@@ -60,11 +64,12 @@ pub fn bench_load(opts: &BenchOptions) -> Result<BenchReport> {
     }
     let rate = Rate { images, seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_seconds()? - c0 };
     drop(loader);
-    let (decode, transform) = if opts.decode_images > 0 { decode_rates(opts)? } else { (None, None) };
-    Ok(BenchReport { loader: rate, decode, transform, peak_rss_mb: peak_rss_mb()? })
+    let [entropy, decode, transform] = if opts.decode_images > 0 { decode_rates(opts)?.map(Some) } else { [None, None, None] };
+    Ok(BenchReport { loader: rate, entropy, decode, transform, peak_rss_mb: peak_rss_mb()? })
 }
 
-fn decode_rates(opts: &BenchOptions) -> Result<(Option<Rate>, Option<Rate>)> {
+/// Entropy-only, decode-only and decode+transform rates on the same in-memory images.
+fn decode_rates(opts: &BenchOptions) -> Result<[Rate; 3]> {
     let mut blobs = Vec::new();
     'shards: for shard in sources::resolve(&opts.loader.sources)? {
         let mut full = false;
@@ -92,12 +97,16 @@ fn decode_rates(opts: &BenchOptions) -> Result<(Option<Rate>, Option<Rate>)> {
         pool.install(|| blobs.par_iter().try_for_each(f))?;
         Ok(Rate { images: blobs.len(), seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_seconds()? - c0 })
     };
+    let entropy = time(&|b| match JpegDecoder::open(b)? {
+        Some(jpeg) => jpeg.entropy_decode_only(),
+        None => bail!("the entropy-only rate needs baseline/progressive 8-bit YCbCr, RGB or grey JPEGs"),
+    })?;
     let decode = time(&|b| decode_rgb(b).map(drop))?;
     let transform = time(&|b| {
         let mut out = vec![0; (cfg.crop_size as usize).pow(2) * 3];
         decode_view_into(b, cfg.resize_shorter_edge, cfg.crop_size, |w, h| View::center(w, h, cfg.crop_size), &mut out).map(drop)
     })?;
-    Ok((Some(decode), Some(transform)))
+    Ok([entropy, decode, transform])
 }
 
 /// user + system CPU seconds of this process, all threads (Linux /proc, USER_HZ = 100).
