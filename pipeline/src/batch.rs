@@ -35,4 +35,9 @@ pub trait BatchStream: Send {
     fn next_batch(&mut self) -> Result<Option<Batch>>;
     /// Serialisable position *after* the last batch returned.
     fn state(&self) -> serde_json::Value;
+    /// Hands a used batch back so its pixel buffer can hold a later batch: a fresh 12 MB buffer
+    /// per batch costs page faults on every one. Optional; the default drops it.
+    fn recycle(&mut self, batch: Batch) {
+        drop(batch);
+    }
 }

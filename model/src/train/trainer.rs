@@ -266,10 +266,12 @@ pub fn train(opts: TrainOptions, data: DataFactory) -> Result<TrainSummary> {
         };
         let x = crate::handoff::images(&batch, opts.device);
         let codes = proxy_codes(&batch, &x, teacher, opts.device)?;
+        let batch_len = batch.len() as u64;
+        stream.recycle(batch); // pixels and codes now live in tensors
         tch::manual_seed((st.seed as i64).wrapping_mul(1_000_003).wrapping_add(st.micro_step as i64));
         let (loss, metrics) = if autocast { tch::autocast(true, || stage_loss(&model, opts.stage, cfg, &x, &codes)) } else { stage_loss(&model, opts.stage, cfg, &x, &codes) };
         st.micro_step += 1;
-        window.1 += batch.len() as u64;
+        window.1 += batch_len;
         let loss_value = metrics.values["train/total_loss"];
         if !loss_value.is_finite() {
             st.skipped_nonfinite += 1;

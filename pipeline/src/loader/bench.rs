@@ -55,12 +55,15 @@ pub struct BenchReport {
 pub fn bench_load(opts: &BenchOptions) -> Result<BenchReport> {
     let mut loader = Loader::new(opts.loader.clone())?;
     for _ in 0..opts.warmup {
-        loader.next_batch()?.context("the shards ran out during warm-up: use fewer --warmup batches or more epochs")?;
+        let batch = loader.next_batch()?.context("the shards ran out during warm-up: use fewer --warmup batches or more epochs")?;
+        loader.recycle(batch);
     }
     let (t0, c0) = (Instant::now(), cpu_seconds()?);
     let mut images = 0;
     for _ in 0..opts.batches {
-        images += loader.next_batch()?.context("the shards ran out: use fewer --batches")?.len();
+        let batch = loader.next_batch()?.context("the shards ran out: use fewer --batches")?;
+        images += batch.len();
+        loader.recycle(batch);
     }
     let rate = Rate { images, seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_seconds()? - c0 };
     drop(loader);

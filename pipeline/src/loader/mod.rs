@@ -205,6 +205,8 @@ pub struct EpochReport {
 /// trainer switching to an eval loader should not share the cores with a dying one).
 pub struct Loader {
     rx: Receiver<Result<(Batch, LoaderState)>>,
+    /// Pixel buffers of used batches, back to the assembler ([`BatchStream::recycle`]).
+    recycled: Sender<Vec<u8>>,
     state: LoaderState,
     reports: Arc<Mutex<Vec<EpochReport>>>,
     code_meta: Option<CodeMeta>,
@@ -294,6 +296,7 @@ impl Loader {
         }
         let (event_tx, event_rx) = unbounded();
         let (batch_tx, batch_rx) = bounded(cfg.prefetch);
+        let (recycle_tx, recycle_rx) = bounded(cfg.prefetch + 1);
         let reports = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
 
@@ -314,12 +317,13 @@ impl Loader {
             events: event_rx,
             credits: credit_tx,
             out: batch_tx,
+            recycled: recycle_rx,
             state: state.clone(),
             reports: reports.clone(),
             stop: stop.clone(),
         };
         let assembler = std::thread::Builder::new().name("sftok-assembler".into()).spawn(move || assembler.run()).context("starting the assembler thread")?;
-        Ok(Loader { rx: batch_rx, state, reports, code_meta, done: false, stop, threads: vec![reader, assembler] })
+        Ok(Loader { rx: batch_rx, recycled: recycle_tx, state, reports, code_meta, done: false, stop, threads: vec![reader, assembler] })
     }
 
     /// Accounts of the epochs finished so far.
@@ -361,6 +365,10 @@ impl BatchStream for Loader {
 
     fn state(&self) -> serde_json::Value {
         serde_json::to_value(&self.state).expect("LoaderState serialises")
+    }
+
+    fn recycle(&mut self, batch: Batch) {
+        let _ = self.recycled.try_send(batch.images);
     }
 }
 
@@ -471,6 +479,7 @@ struct Assembler {
     events: Receiver<(u64, Event)>,
     credits: Sender<Vec<u8>>,
     out: Sender<Result<(Batch, LoaderState)>>,
+    recycled: Receiver<Vec<u8>>,
     /// Position after the last batch sent.
     state: LoaderState,
     reports: Arc<Mutex<Vec<EpochReport>>>,
@@ -543,8 +552,17 @@ impl Assembler {
     fn empty_batch(&self) -> Batch {
         let n = self.cfg.batch_size;
         let with_codes = self.cfg.codes.is_some();
+        let bytes = n * (self.cfg.crop_size as usize).pow(2) * 3;
+        let images = match self.recycled.try_recv() {
+            Ok(mut used) => {
+                used.clear();
+                used.reserve(bytes);
+                used
+            }
+            Err(_) => Vec::with_capacity(bytes),
+        };
         Batch {
-            images: Vec::with_capacity(n * (self.cfg.crop_size as usize).pow(2) * 3),
+            images,
             size: self.cfg.crop_size,
             labels: Vec::with_capacity(n),
             keys: Vec::with_capacity(n),
