@@ -88,6 +88,13 @@ fn jpeg_pixels_are_pils_and_decoding_only_the_needed_rows_changes_nothing() {
     let luma: Vec<u8> = (0..300 * 410).map(|i| ((i % 300) ^ (i / 300)) as u8).collect();
     jpeg_encoder::Encoder::new(std::fs::File::create(&gray).unwrap(), 90).encode(&luma, 300, 410, jpeg_encoder::ColorType::Luma).unwrap();
     items.push(Item { key: "gray".into(), class: 0, path: gray });
+    // And a progressive one (PIL-written): column ranges and early stops work on those too.
+    let progressive = tmp.path().join("progressive.jpg");
+    common::run_python(
+        "import sys; from PIL import Image; Image.open(sys.argv[1]).save(sys.argv[2], quality=90, progressive=True, subsampling='4:2:0')",
+        &[items[0].path.to_str().unwrap(), progressive.to_str().unwrap()],
+    );
+    items.push(Item { key: "progressive".into(), class: 0, path: progressive });
 
     let out = tmp.path().join("pil.bin");
     let mut args = vec![out.to_str().unwrap().to_string()];
