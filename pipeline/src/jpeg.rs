@@ -1,9 +1,9 @@
 //! JPEG decoding through the system libjpeg-turbo (csrc/sftok_jpeg.c), the decoder PIL uses:
 //! with the same settings (islow IDCT, fancy upsampling) the pixels are PIL's, bit for bit.
 //!
-//! [`JpegDecoder::open`] reads the header; [`JpegDecoder::decode_rows`] decodes only the top rows
-//! a caller needs — a loader cutting a crop from the top part of a portrait image stops there
-//! and never entropy-decodes the rest.
+//! [`JpegDecoder::open`] reads the header; [`JpegDecoder::decode_region_into`] decodes only the
+//! top rows and the columns a caller needs — a loader cutting a crop from the top of a portrait
+//! image stops there and never entropy-decodes the rest.
 
 use anyhow::{Result, bail};
 use std::ffi::{CStr, c_char, c_int};
@@ -23,6 +23,10 @@ unsafe extern "C" {
 
 const OK: c_int = 0;
 const UNSUPPORTED: c_int = 1;
+
+/// PIL's decompression-bomb error threshold (2 × `Image.MAX_IMAGE_PIXELS`): a header claiming
+/// more pixels is refused before any buffer is allocated, as PIL refuses to open it.
+pub const MAX_PIXELS: u64 = 2 * (1024 * 1024 * 1024 / 4 / 3);
 
 /// A JPEG whose header has been read. Borrows the encoded bytes: libjpeg reads them in place.
 pub struct JpegDecoder<'a> {
@@ -51,7 +55,11 @@ impl<'a> JpegDecoder<'a> {
         match rc {
             OK => {
                 let handle = NonNull::new(handle).expect("sftok_jpeg_open returned OK without a handle");
-                Ok(Some(JpegDecoder { handle, width, height, _data: std::marker::PhantomData }))
+                let decoder = JpegDecoder { handle, width, height, _data: std::marker::PhantomData };
+                if width as u64 * height as u64 > MAX_PIXELS {
+                    bail!("the JPEG claims {width}×{height} pixels, over PIL's decompression-bomb limit of {MAX_PIXELS}");
+                }
+                Ok(Some(decoder))
             }
             UNSUPPORTED => Ok(None),
             _ => bail!("cannot decode the JPEG: {}", message(&msg)),
@@ -186,5 +194,11 @@ mod tests {
         // An unopened-then-dropped decoder frees its handle (run under valgrind/ASan to see it).
         drop(JpegDecoder::open(&jpg).unwrap().unwrap());
         assert!(JpegDecoder::open(b"not a jpeg at all").is_err());
+        // A header claiming 60000×60000 pixels (SOF0 size fields patched) is refused up front.
+        let mut bomb = jpg.clone();
+        let sof = bomb.windows(2).position(|w| w == [0xFF, 0xC0]).expect("a baseline SOF0 marker");
+        bomb[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+        let err = JpegDecoder::open(&bomb).err().expect("a bomb is refused");
+        assert!(format!("{err}").contains("decompression-bomb"), "{err}");
     }
 }
