@@ -135,23 +135,6 @@ pub fn resized_size(width: u32, height: u32, shorter: u32) -> (u32, u32) {
     if width <= height { (shorter, new_long) } else { (new_long, shorter) }
 }
 
-/// Resizes so the shorter side is `shorter` (antialiased bicubic).
-pub fn resize_shorter(img: &RgbImage, shorter: u32) -> Result<RgbImage> {
-    let (w, h) = resized_size(img.width, img.height, shorter);
-    resize(img, w, h)
-}
-
-pub fn resize(img: &RgbImage, w: u32, h: u32) -> Result<RgbImage> {
-    if (w, h) == (img.width, img.height) {
-        return Ok(img.clone());
-    }
-    let src = Image::from_vec_u8(img.width, img.height, img.data.clone(), PixelType::U8x3)?;
-    let mut dst = Image::new(w, h, PixelType::U8x3);
-    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-    Resizer::new().resize(&src, &mut dst, &opts)?;
-    RgbImage::new(w, h, dst.into_vec())
-}
-
 /// torchvision `CenterCrop` offsets: `int(round((H − size) / 2))` with round-half-to-even.
 pub fn center_crop_offsets(width: u32, height: u32, size: u32) -> (u32, u32) {
     let off = |d: u32| ((d as f64) / 2.0).round_ties_even() as u32;
