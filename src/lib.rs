@@ -5,7 +5,6 @@ pub mod bench_fid;
 pub mod fid;
 pub mod progress;
 pub mod rfid;
-pub mod train;
 
 use anyhow::Result;
 

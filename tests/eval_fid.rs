@@ -35,20 +35,6 @@ fn failure(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The fixture's float16 weights renamed to the state-dict keys, plus a random float16 `fc`
-/// (the fixture has none), as a converted pytorch-fid checkpoint would look.
-fn write_weights(path: &Path) {
-    let fixture = repo().join("../shared/fixtures/fid-inception-f16/fid-inception-f16.safetensors");
-    let tensors = Tensor::read_safetensors(&fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
-    let mut sd: Vec<(String, Tensor)> =
-        tensors.into_iter().filter_map(|(k, v)| k.strip_prefix("weights.").map(|n| (n.to_string(), v))).collect();
-    assert!(sd.iter().all(|(_, t)| t.kind() == Kind::Half));
-    tch::manual_seed(1);
-    sd.push(("fc.weight".into(), (Tensor::randn([1008, 2048], (Kind::Float, Device::Cpu)) * 0.05).to_kind(Kind::Half)));
-    sd.push(("fc.bias".into(), Tensor::zeros([1008], (Kind::Half, Device::Cpu))));
-    Tensor::write_safetensors(&sd, path).unwrap();
-}
-
 /// 6 PNGs per set (32×32 noise on a per-image colour) and the same images of set A as an
 /// ADM sample batch `a.npz` (numpy writes it).
 fn write_images(dir: &Path) {
@@ -76,7 +62,7 @@ fn fid_end_to_end_with_fixture_weights() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let weights = d.join("inception.safetensors");
-    write_weights(&weights);
+    common::write_fid_fixture_weights(&weights);
     write_images(d);
     let p = |name: &str| d.join(name).to_str().unwrap().to_string();
     let w = p("inception.safetensors");

@@ -118,3 +118,70 @@ fn ctrl_c_saves_a_checkpoint_that_resume_continues_from() {
     let text = run_ok(cmd.args(["training.max_train_steps=".to_string() + &(step + 2).to_string()]).stdout(std::process::Stdio::piped()));
     assert!(text.contains(&format!("resumed from run/checkpoint-{step} at step {step}")), "{text}");
 }
+
+#[test]
+fn a_config_written_for_another_stage_is_refused_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |stage: u32| common::repo().join(format!("configs/tiny/sftok_tiny_stage{stage}.yaml"));
+    for (sub, cfg, extra, key) in [
+        ("stage1", config(2), None, "training.single_step_generation"),
+        ("stage2", config(1), None, "training.single_step_generation"),
+        ("stage1", config(1), Some("training.guided_mask=True"), "training.guided_mask"),
+    ] {
+        let mut cmd = bin("sftok-train");
+        cmd.current_dir(tmp.path()).args([sub, "--config", cfg.to_str().unwrap(), "--device", "cpu"]);
+        cmd.args(extra);
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sub} accepted {}: {err}", cfg.display());
+        assert!(err.contains(key) && err.contains(&format!("sftok-train {sub}")), "{sub} {}: {err}", cfg.display());
+    }
+}
+
+const PY_EMA_EVAL: &str = r#"
+import sys, json
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0}); ea.Reload()
+print(json.dumps({t: [[e.step, e.value] for e in ea.Scalars(t)] for t in ea.Tags()["scalars"] if t.startswith("ema_eval/")}))
+"#;
+
+#[test]
+fn eval_every_logs_ema_evaluation_that_tensorboard_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("fake");
+    run_ok(bin("sftok-prep").args(["synth", "--out", data.to_str().unwrap(), "--classes", "2", "--per-class", "4", "--val", "4", "--seed", "1"]));
+    run_ok(bin("sftok-prep").args(["shard", data.to_str().unwrap(), "--out", dir.join("shards").to_str().unwrap(), "--split", "all", "--shard-size", "4"]));
+    let weights = dir.join("inception.safetensors");
+    common::write_fid_fixture_weights(&weights);
+    let mut cmd = tiny_stage1(dir);
+    cmd.args(["--teacher", "random:0", "--fid-weights", weights.to_str().unwrap(), "--eval-max-images", "4",
+              "dataset.params.train_proxy_codes_path=", "dataset.params.train_shards_path_or_url=shards/train",
+              "dataset.params.eval_shards_path_or_url=shards/val", "experiment.output_dir=run", "training.max_train_steps=4",
+              "experiment.eval_every=2", "training.per_gpu_batch_size=4"]);
+    let text = run_ok(&mut cmd);
+    assert!(text.contains("step 2: evaluation") && text.contains("step 4: evaluation"), "{text}");
+    let out = common::python().arg("-c").arg(PY_EMA_EVAL).arg(dir.join("run/logs")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|r| r.get("ema_eval/PSNR").is_some()).collect();
+    assert_eq!(rows.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4]);
+    for key in ["ema_eval/PSNR", "ema_eval/CodebookUsage", "ema_eval/CodebookEntropy", "ema_eval/rFID", "ema_eval/InceptionScore"] {
+        let series = tb[key].as_array().unwrap_or_else(|| panic!("TensorBoard has no {key}: {tb}"));
+        assert_eq!(series.iter().map(|p| p[0].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4], "{key}");
+        for (point, row) in series.iter().zip(&rows) {
+            let (v, j) = (point[1].as_f64().unwrap(), row[key].as_f64().unwrap());
+            assert!((v - j).abs() <= 1e-5 * j.abs().max(1.0), "{key}: TensorBoard {v} vs metrics.jsonl {j}");
+            assert!(v.is_finite(), "{key} = {v}");
+        }
+    }
+    let usage = rows[0]["ema_eval/CodebookUsage"].as_f64().unwrap();
+    let entropy = rows[0]["ema_eval/CodebookEntropy"].as_f64().unwrap();
+    let psnr = rows[0]["ema_eval/PSNR"].as_f64().unwrap();
+    assert!(usage > 0.0 && usage <= 1.0, "usage {usage}");
+    assert!(entropy >= 0.0, "entropy {entropy}");
+    assert!(psnr > 0.0 && psnr < 60.0, "PSNR {psnr}");
+    assert!(rows[0]["ema_eval/rFID"].as_f64().unwrap() >= 0.0);
+    assert!(dir.join("run/loss.png").is_file());
+}

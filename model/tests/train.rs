@@ -5,8 +5,10 @@
 mod common;
 
 use sftok_model::config::Config;
-use sftok_model::train::optim::{AdamW, AdamWConfig, cosine_lr, uses_weight_decay};
-use sftok_model::train::trainer::{DataFactory, Stage, TrainOptions, train};
+use sftok_model::train::fit::{DataFactory, FitOptions, FitSummary};
+use sftok_model::train::launch::{TrainJob, run_job};
+use sftok_model::train::optim::{AdamW, AdamWConfig, ParamGroup, cosine_lr, uses_weight_decay};
+use sftok_model::train::token_task::TokenTaskOptions;
 use sftok_pipeline::batch::{Batch, BatchStream};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,7 +51,10 @@ fn adamw_matches_pytorch_with_the_reference_groups_and_schedule() {
     let pa = a.copy().set_requires_grad(true);
     let pb = b.copy().set_requires_grad(true);
     let params = BTreeMap::from([("w".to_string(), pa.shallow_clone()), ("bias".to_string(), pb.shallow_clone())]);
-    let mut opt = AdamW::new(params, AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 });
+    let groups = sftok_model::train::optim::reference_param_groups(params, 0.1);
+    assert_eq!(groups.iter().map(|g: &ParamGroup| (g.name.as_str(), g.params.len(), g.weight_decay)).collect::<Vec<_>>(),
+               [("decay", 1, 0.1), ("no_decay", 1, 0.0)]);
+    let mut opt = AdamW::new(&groups, AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8 });
     for (k, (ga, gb)) in grads.iter().enumerate() {
         pa.grad().defined().then(|| ()).unwrap_or(());
         let (la, lb) = ((&pa * ga).sum(Kind::Float), (&pb * gb).sum(Kind::Float)); // d/dp = the given grad
@@ -120,18 +125,11 @@ fn tiny_config(stage: u32, out: &std::path::Path, extra: &[&str]) -> Config {
     Config::load(&common::repo_root().join(format!("configs/tiny/sftok_tiny_stage{stage}.yaml")), &ov).unwrap()
 }
 
-/// Training options; `teacher` only for the reconstruction previews (codes come with the batch).
-fn options(stage: Stage, config: Config, init: Option<std::path::PathBuf>, teacher: bool) -> TrainOptions {
-    TrainOptions {
-        stage,
-        config,
-        device: Device::Cpu,
-        init,
-        resume: "auto".into(),
-        teacher: teacher.then(|| Arc::new(sftok_model::vqgan::load_teacher("random:0", Device::Cpu).unwrap())),
-        max_nonfinite_in_a_row: 3,
-        stop: Arc::new(AtomicBool::new(false)),
-    }
+/// Trains `job` on `batch`; `teacher` only for the reconstruction previews (codes come with the batch).
+fn train(job: TrainJob, config: Config, init: Option<std::path::PathBuf>, teacher: bool, batch: Batch) -> anyhow::Result<FitSummary> {
+    let fit_opts = FitOptions { config: config.clone(), device: Device::Cpu, resume: None, max_nonfinite_in_a_row: 3, stop: Arc::new(AtomicBool::new(false)) };
+    let teacher = teacher.then(|| Arc::new(sftok_model::vqgan::load_teacher("random:0", Device::Cpu).unwrap()));
+    run_job(job, TokenTaskOptions { config, device: Device::Cpu, init, teacher, eval: None }, fit_opts, data(batch))
 }
 
 fn losses(out: &std::path::Path, key: &str) -> Vec<f64> {
@@ -161,7 +159,7 @@ fn stage1_overfits_a_fixed_batch_then_stage2_starts_from_its_ema_and_improves() 
     let cfg = tiny_config(1, &s1, &["training.max_train_steps=400", "optimizer.params.learning_rate=3e-3", "training.max_grad_norm=100",
                                     "lr_scheduler.params.warmup_steps=10", "lr_scheduler.params.end_lr=3e-3", "experiment.save_every=400"]);
     let t0 = std::time::Instant::now();
-    let sum = train(options(Stage::Stage1, cfg, None, false), data(batch.clone())).unwrap();
+    let sum = train(TrainJob::Stage1, cfg, None, false, batch.clone()).unwrap();
     let ce = losses(&s1, "train/reconstruction_loss");
     eprintln!("stage 1: CE {:.3} → {:.3} in {} steps, {:.1} s", ce[0], ce[ce.len() - 1], ce.len(), t0.elapsed().as_secs_f64());
     assert_eq!(sum.global_step, 400);
@@ -172,7 +170,7 @@ fn stage1_overfits_a_fixed_batch_then_stage2_starts_from_its_ema_and_improves() 
     assert!(s1.join("ema_model/model.safetensors").is_file() && s1.join("loss.png").is_file());
 
     let cfg2 = tiny_config(2, &s2, &["training.max_train_steps=40", "optimizer.params.learning_rate=1e-3", "lr_scheduler.params.warmup_steps=5"]);
-    train(options(Stage::Stage2, cfg2, Some(s1.join("ema_model")), false), data(batch)).unwrap();
+    train(TrainJob::Stage2, cfg2, Some(s1.join("ema_model")), false, batch).unwrap();
     let log = std::fs::read_to_string(s2.join("log.txt")).unwrap();
     assert!(log.contains("initialised from") && log.contains("ema_model"), "{log}");
     let l2 = losses(&s2, "train/total_loss");
@@ -189,11 +187,11 @@ fn nonfinite_losses_stop_the_run_and_keep_the_last_good_checkpoint() {
     let out = dir.path().join("nan");
     let batch = fixed_batch(2);
     let cfg = tiny_config(1, &out, &["training.max_train_steps=4", "experiment.save_every=2"]);
-    train(options(Stage::Stage1, cfg, None, false), data(batch.clone())).unwrap();
+    train(TrainJob::Stage1, cfg, None, false, batch.clone()).unwrap();
     let good = std::fs::read(out.join("checkpoint-4/model/model.safetensors")).unwrap();
     // Continue the run with a loss term forced to NaN: every step is skipped, then the run stops.
     let cfg = tiny_config(1, &out, &["training.max_train_steps=8", "experiment.save_every=2", "losses.quantizer_weight=.nan"]);
-    let err = format!("{:#}", train(options(Stage::Stage1, cfg, None, false), data(batch)).unwrap_err());
+    let err = format!("{:#}", train(TrainJob::Stage1, cfg, None, false, batch).unwrap_err());
     assert!(err.contains("3 non-finite losses in a row") && err.contains("untouched"), "{err}");
     assert_eq!(std::fs::read(out.join("checkpoint-4/model/model.safetensors")).unwrap(), good);
     let ckpts = sftok_model::train::state::list_checkpoints(&out).unwrap();
@@ -224,7 +222,7 @@ fn tensorboard_files_read_back_with_the_expected_tags() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tb");
     let cfg = tiny_config(1, &out, &["training.max_train_steps=4", "experiment.generate_every=2", "training.num_generated_images=2"]);
-    train(options(Stage::Stage1, cfg, None, true), data(fixed_batch(3))).unwrap();
+    train(TrainJob::Stage1, cfg, None, true, fixed_batch(3)).unwrap();
     let o = common::python().arg("-c").arg(PY_TB).arg(out.join("logs")).output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
@@ -236,4 +234,113 @@ fn tensorboard_files_read_back_with_the_expected_tags() {
     // 2 rows of [original | reconstruction | difference], 64 px each with 2 px gaps.
     assert!(text.contains("IMG 196 130"), "{text}");
     assert!(out.join("train_images/00000002.png").is_file());
+}
+
+fn rows(out: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn use_ema_false_trains_without_an_ema_and_exports_the_raw_weights() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("no_ema");
+    let cfg = tiny_config(1, &out, &["training.max_train_steps=2", "experiment.save_every=2", "training.use_ema=False"]);
+    let sum = train(TrainJob::Stage1, cfg, None, false, fixed_batch(2)).unwrap();
+    assert_eq!(sum.weights_dir, out.join("model"));
+    assert!(!out.join("ema_model").exists() && !out.join("checkpoint-2/ema_model").exists());
+    // The export is the trained weights themselves.
+    let (a, b) = (std::fs::read(out.join("model/model.safetensors")).unwrap(), std::fs::read(out.join("checkpoint-2/model/model.safetensors")).unwrap());
+    assert!(a == b, "exported weights differ from the checkpoint's raw weights");
+    // With the EMA on, the export is the EMA, which differs from the raw weights after 2 steps.
+    let out2 = dir.path().join("ema");
+    let cfg = tiny_config(1, &out2, &["training.max_train_steps=2", "experiment.save_every=2"]);
+    let sum = train(TrainJob::Stage1, cfg, None, false, fixed_batch(2)).unwrap();
+    assert_eq!(sum.weights_dir, out2.join("ema_model"));
+    assert!(std::fs::read(out2.join("ema_model/model.safetensors")).unwrap() != std::fs::read(out2.join("checkpoint-2/model/model.safetensors")).unwrap());
+}
+
+#[test]
+fn experiment_resume_false_starts_afresh_and_keeps_the_earlier_metrics() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let batch = fixed_batch(2);
+    train(TrainJob::Stage1, tiny_config(1, &out, &["training.max_train_steps=2", "experiment.save_every=2"]), None, false, batch.clone()).unwrap();
+    // experiment.resume: True (the reference's default) continues from checkpoint-2.
+    train(TrainJob::Stage1, tiny_config(1, &out, &["training.max_train_steps=3", "experiment.save_every=3"]), None, false, batch.clone()).unwrap();
+    let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+    assert!(log.contains("at step 2"), "{log}");
+    assert_eq!(rows(&out).iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    // False: a new run from step 0; the earlier rows are moved aside, not lost.
+    let cfg = tiny_config(1, &out, &["training.max_train_steps=1", "experiment.save_every=1", "experiment.resume=False"]);
+    train(TrainJob::Stage1, cfg, None, false, batch).unwrap();
+    assert_eq!(rows(&out).iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1]);
+    let aside: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.starts_with("metrics.before-")).collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read_to_string(out.join(&aside[0])).unwrap().lines().count(), 3);
+}
+
+#[test]
+fn lr_scheduler_scheduler_selects_the_schedule_and_refuses_unknown_ones() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let sched = |name: &str, out: &std::path::Path| {
+        tiny_config(1, out, &["training.max_train_steps=5", "experiment.save_every=5", "lr_scheduler.params.warmup_steps=2",
+                              "optimizer.params.learning_rate=1e-3", "lr_scheduler.params.end_lr=1e-4", &format!("lr_scheduler.scheduler={name}")])
+    };
+    let lrs = |out: &std::path::Path| rows(out).iter().map(|r| r["lr"].as_f64().unwrap()).collect::<Vec<_>>();
+    let (c, k) = (dir.path().join("constant"), dir.path().join("cosine"));
+    train(TrainJob::Stage1, sched("constant", &c), None, false, fixed_batch(2)).unwrap();
+    assert_eq!(lrs(&c), [0.0, 5e-4, 1e-3, 1e-3, 1e-3]);
+    train(TrainJob::Stage1, sched("cosine", &k), None, false, fixed_batch(2)).unwrap();
+    // Warm-up, then cosine from 1e-3 towards 1e-4 over the 3 remaining steps: k = 2, 3, 4 of max 5.
+    let want = [0.0, 5e-4, 1e-3, 1e-4 + 9e-4 * 0.5 * (1.0 + (std::f64::consts::PI / 3.0).cos()), 1e-4 + 9e-4 * 0.5 * (1.0 + (2.0 * std::f64::consts::PI / 3.0).cos())];
+    for (got, want) in lrs(&k).iter().zip(want) {
+        assert!((got - want).abs() < 1e-12, "cosine lr {got} vs {want}");
+    }
+    let err = format!("{:#}", train(TrainJob::Stage1, sched("linear", &dir.path().join("bad")), None, false, fixed_batch(2)).unwrap_err());
+    assert!(err.contains("lr_scheduler.scheduler") && err.contains("\"linear\""), "{err}");
+}
+
+#[test]
+fn log_grad_norm_every_logs_per_group_norms_on_those_steps() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gn");
+    // No clipping (max norm 1e6): the group norms must then make up the total norm.
+    let cfg = tiny_config(1, &out, &["training.max_train_steps=4", "experiment.save_every=4", "experiment.log_grad_norm_every=2",
+                                     "training.max_grad_norm=1e6"]);
+    train(TrainJob::Stage1, cfg, None, false, fixed_batch(2)).unwrap();
+    for r in rows(&out) {
+        let step = r["step"].as_u64().unwrap();
+        let (d, n) = (r.get("grad_norm_group/decay").and_then(|v| v.as_f64()), r.get("grad_norm_group/no_decay").and_then(|v| v.as_f64()));
+        if step % 2 == 1 {
+            assert!(d.is_none() && n.is_none(), "step {step} has group norms: {r}");
+            continue;
+        }
+        let (d, n) = (d.expect("decay group norm"), n.expect("no_decay group norm"));
+        let total = r["grad_norm"].as_f64().unwrap();
+        assert!(d > 0.0 && n > 0.0);
+        assert!(((d * d + n * n).sqrt() - total).abs() <= 1e-4 * total, "step {step}: groups {d}, {n} vs total {total}");
+    }
+}
+
+#[test]
+fn stage2_guided_mask_false_is_the_vanilla_ablation_with_other_inputs() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let batch = fixed_batch(4);
+    let first_loss = |guided: &str| {
+        let out = dir.path().join(format!("g{guided}"));
+        let cfg = tiny_config(2, &out, &["training.max_train_steps=1", "experiment.save_every=1", &format!("training.guided_mask={guided}")]);
+        train(TrainJob::Stage2, cfg, None, false, batch.clone()).unwrap();
+        rows(&out)[0]["train/total_loss"].as_f64().unwrap()
+    };
+    let (sfvr, vanilla, sfvr_again) = (first_loss("True"), first_loss("False"), first_loss("True"));
+    assert_eq!(sfvr, sfvr_again, "seeded runs must repeat");
+    assert!(sfvr != vanilla, "guided_mask had no effect: {sfvr} == {vanilla}");
+    // Stage 1 refuses a stage-2 config, naming the key.
+    let err = format!("{:#}", train(TrainJob::Stage1, tiny_config(2, &dir.path().join("x"), &[]), None, false, batch).unwrap_err());
+    assert!(err.contains("training.single_step_generation"), "{err}");
 }

@@ -1,10 +1,12 @@
 //! `sftok-train`: the staged trainer.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sftok_model::config::Config;
-use sftok_model::train::trainer::Stage;
+use sftok_model::train::launch::{TrainArgs, TrainJob};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(name = "sftok-train", version, about = "Train SFTok stage by stage")]
@@ -23,8 +25,9 @@ struct StageFlags {
     #[arg(long, default_value = "auto")]
     device: String,
     /// auto: continue from the newest checkpoint in experiment.output_dir (if any); never; or a checkpoint dir.
-    #[arg(long, default_value = "auto")]
-    resume: String,
+    /// Default: auto when experiment.resume is True (the reference's default), never when False.
+    #[arg(long)]
+    resume: Option<String>,
     /// Weights to start from (a model dir or file; stage 2: stage 1's ema_model/). Default: experiment.init_weight.
     #[arg(long)]
     init: Option<PathBuf>,
@@ -32,6 +35,13 @@ struct StageFlags {
     /// dataset.params.train_proxy_codes_path, and decodes the logged reconstructions. random:SEED for smoke tests.
     #[arg(long)]
     teacher: Option<String>,
+    /// FID Inception weights (pt_inception-2015-12-05-6726825d.pth) for the periodic evaluation of
+    /// experiment.eval_every: adds rFID and IS to PSNR and codebook usage/entropy.
+    #[arg(long)]
+    fid_weights: Option<PathBuf>,
+    /// At most this many val images per periodic evaluation (default: all of dataset.params.eval_shards_path_or_url).
+    #[arg(long)]
+    eval_max_images: Option<usize>,
     /// Decode threads of the loader (default: dataset.params.num_workers_per_gpu, at most the cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -45,18 +55,21 @@ struct StageFlags {
     overrides: Vec<String>,
 }
 
-impl From<StageFlags> for sftok::train::StageArgs {
-    fn from(f: StageFlags) -> Self {
-        sftok::train::StageArgs {
-            config: f.config,
-            overrides: f.overrides,
-            device: f.device,
-            resume: f.resume,
-            init: f.init,
-            teacher: f.teacher,
-            workers: f.workers,
-            rank: f.rank,
-            world_size: f.world_size,
+impl StageFlags {
+    fn into_args(self, stop: Arc<AtomicBool>) -> TrainArgs {
+        TrainArgs {
+            config: self.config,
+            overrides: self.overrides,
+            device: self.device,
+            resume: self.resume,
+            init: self.init,
+            teacher: self.teacher,
+            fid_weights: self.fid_weights,
+            eval_max_images: self.eval_max_images,
+            workers: self.workers,
+            rank: self.rank,
+            world_size: self.world_size,
+            stop,
         }
     }
 }
@@ -105,8 +118,8 @@ enum Command {
 fn main() {
     sftok::run_main(|| match Cli::parse().command {
         Command::Config { config, overrides } => show_config(config, overrides),
-        Command::Stage1(f) => stage(Stage::Stage1, f),
-        Command::Stage2(f) => stage(Stage::Stage2, f),
+        Command::Stage1(f) => stage(TrainJob::Stage1, f),
+        Command::Stage2(f) => stage(TrainJob::Stage2, f),
         Command::Init { config, out, seed, overrides } => init(config, out, seed, overrides),
         Command::Doctor { device } => sftok::doctor(&device),
     });
@@ -131,15 +144,30 @@ fn init(path: PathBuf, out: PathBuf, seed: i64, overrides: Vec<String>) -> Resul
     Ok(())
 }
 
-fn stage(stage: Stage, flags: StageFlags) -> Result<()> {
-    let summary = sftok::train::run_stage(stage, flags.into())?;
+/// Ctrl-C: the first asks the loop to save a checkpoint and stop, the second quits at once.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit without saving)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn stage(job: TrainJob, flags: StageFlags) -> Result<()> {
+    let summary = sftok_model::train::launch::run(job, flags.into_args(stop_flag()?))?;
     let out = &summary.output_dir;
     if summary.interrupted {
         println!("interrupted at step {}; resume with the same command (--resume auto)", summary.global_step);
     } else {
-        println!("{} finished at step {} (last loss {:.4})", stage.name(), summary.global_step, summary.last_loss);
+        println!("{} finished at step {} (last loss {:.4})", job.name(), summary.global_step, summary.last_loss);
     }
-    println!("EMA weights   {}", summary.ema_dir.display());
+    let what = if summary.weights_dir.ends_with("ema_model") { "EMA weights" } else { "weights    " };
+    println!("{what}   {}", summary.weights_dir.display());
     println!("TensorBoard   tensorboard --logdir {}", out.join("logs").display());
     println!("loss curves   {}  (metrics: {})", out.join("loss.png").display(), out.join("metrics.jsonl").display());
     Ok(())

@@ -70,3 +70,17 @@ pub fn kill_when_exists(mut child: Child, path: &Path, secs: u64) {
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
 }
+
+/// The fixture's float16 weights renamed to the state-dict keys, plus a random float16 `fc`
+/// (the fixture has none), as a converted pytorch-fid checkpoint would look.
+pub fn write_fid_fixture_weights(path: &Path) {
+    let fixture = repo().join("../shared/fixtures/fid-inception-f16/fid-inception-f16.safetensors");
+    let tensors = tch::Tensor::read_safetensors(&fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
+    let mut sd: Vec<(String, tch::Tensor)> =
+        tensors.into_iter().filter_map(|(k, v)| k.strip_prefix("weights.").map(|n| (n.to_string(), v))).collect();
+    assert!(sd.iter().all(|(_, t)| t.kind() == tch::Kind::Half));
+    tch::manual_seed(1);
+    sd.push(("fc.weight".into(), (tch::Tensor::randn([1008, 2048], (tch::Kind::Float, tch::Device::Cpu)) * 0.05).to_kind(tch::Kind::Half)));
+    sd.push(("fc.bias".into(), tch::Tensor::zeros([1008], (tch::Kind::Half, tch::Device::Cpu))));
+    tch::Tensor::write_safetensors(&sd, path).unwrap();
+}

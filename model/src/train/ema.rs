@@ -41,4 +41,28 @@ impl Ema {
             }
         });
     }
+
+    /// Runs `f` with the EMA weights in `vars`, then puts the trained weights back (the
+    /// reference's store → copy_to → restore around previews and evaluations).
+    pub fn with_shadow_weights<T>(&self, vars: &BTreeMap<String, Tensor>, f: impl FnOnce() -> T) -> T {
+        let backup: BTreeMap<String, Tensor> = vars.iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect();
+        copy_into(vars, &self.shadow);
+        let result = f();
+        copy_into(vars, &backup);
+        result
+    }
+
+    /// The shadow weights as named tensors (for saving).
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        self.shadow.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+    }
+}
+
+fn copy_into(dst: &BTreeMap<String, Tensor>, src: &BTreeMap<String, Tensor>) {
+    tch::no_grad(|| {
+        for (n, t) in dst {
+            let mut t = t.shallow_clone();
+            t.copy_(&src[n]);
+        }
+    });
 }

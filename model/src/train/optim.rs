@@ -1,9 +1,11 @@
-//! Optimisation pieces of ../shared/spec/sftok-training.md §9: AdamW with the reference's two
-//! parameter groups, the cosine schedule with warm-up, and global-norm gradient clipping.
+//! Optimisation pieces of ../shared/spec/sftok-training.md §9: parameter groups (the reference's
+//! decay / no-decay rule), AdamW, the learning-rate schedules (`lr_scheduler.scheduler`), global-norm
+//! gradient clipping and per-group gradient norms.
 //!
 //! AdamW is implemented here (not tch's) because its moments must be saved and restored for a
 //! bit-identical resume; the arithmetic is PyTorch's single-tensor AdamW, op for op.
 
+use crate::config::Config;
 use anyhow::{Result, bail};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
@@ -16,12 +18,30 @@ pub fn uses_weight_decay(name: &str, ndim: usize) -> bool {
     ndim >= 2 && !NO_DECAY.iter().any(|frag| name.contains(frag))
 }
 
+/// Parameters that share optimiser settings (PyTorch's `param_groups`). Frozen parameters are in
+/// no group: they get no gradient and no update.
+pub struct ParamGroup {
+    /// Logged as `grad_norm_group/<name>`.
+    pub name: String,
+    pub params: BTreeMap<String, Tensor>,
+    pub weight_decay: f64,
+}
+
+/// The reference's two groups over `trainable`: `decay` (weight decay `weight_decay`) and
+/// `no_decay` (0), split by [`uses_weight_decay`].
+pub fn reference_param_groups(trainable: BTreeMap<String, Tensor>, weight_decay: f64) -> Vec<ParamGroup> {
+    let (decay, no_decay): (BTreeMap<_, _>, BTreeMap<_, _>) = trainable.into_iter().partition(|(n, p)| uses_weight_decay(n, p.dim()));
+    vec![
+        ParamGroup { name: "decay".into(), params: decay, weight_decay },
+        ParamGroup { name: "no_decay".into(), params: no_decay, weight_decay: 0.0 },
+    ]
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
-    pub weight_decay: f64,
 }
 
 /// One parameter with its optimiser state.
@@ -41,19 +61,18 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// `params`: trainable parameters by name (sorted order is used, so the state is reproducible).
-    pub fn new(params: BTreeMap<String, Tensor>, cfg: AdamWConfig) -> AdamW {
-        let slots = params
-            .into_iter()
-            .map(|(name, param)| {
-                let wd = if uses_weight_decay(&name, param.dim()) { cfg.weight_decay } else { 0.0 };
-                Slot {
+    /// One slot per parameter of `groups`, each with its group's weight decay.
+    pub fn new(groups: &[ParamGroup], cfg: AdamWConfig) -> AdamW {
+        let slots = groups
+            .iter()
+            .flat_map(|g| {
+                g.params.iter().map(|(name, param)| Slot {
                     exp_avg: param.zeros_like().detach(),
                     exp_avg_sq: param.zeros_like().detach(),
-                    weight_decay: wd,
-                    name,
-                    param,
-                }
+                    weight_decay: g.weight_decay,
+                    name: name.clone(),
+                    param: param.shallow_clone(),
+                })
             })
             .collect();
         AdamW { cfg, slots, step: 0 }
@@ -129,6 +148,46 @@ impl AdamW {
     }
 }
 
+/// `lr_scheduler.scheduler`: the learning rate as a function of the optimiser steps taken.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScheduleKind {
+    /// The reference's schedule: linear warm-up, then cosine decay from `learning_rate` to `end_lr`.
+    Cosine,
+    /// Linear warm-up, then `learning_rate` (`end_lr` unused).
+    Constant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrSchedule {
+    pub kind: ScheduleKind,
+    pub base: f64,
+    pub end: f64,
+    pub warmup: u64,
+    pub max_steps: u64,
+}
+
+impl LrSchedule {
+    /// The main optimiser's schedule of a config (`lr_scheduler.*`, `training.max_train_steps`).
+    pub fn from_config(cfg: &Config) -> Result<LrSchedule> {
+        let kind = match cfg.lr_scheduler.scheduler.as_str() {
+            "cosine" => ScheduleKind::Cosine,
+            "constant" => ScheduleKind::Constant,
+            other => bail!("lr_scheduler.scheduler: {other:?} is not a schedule sftok has; use \"cosine\" (the reference's) or \"constant\""),
+        };
+        let p = &cfg.lr_scheduler.params;
+        Ok(LrSchedule { kind, base: p.learning_rate, end: p.end_lr, warmup: p.warmup_steps, max_steps: cfg.training.max_train_steps })
+    }
+
+    /// Learning rate of the optimiser step taken after `k` steps.
+    pub fn lr(&self, k: u64) -> f64 {
+        match self.kind {
+            ScheduleKind::Cosine => cosine_lr(k, self.base, self.end, self.warmup, self.max_steps),
+            ScheduleKind::Constant if k < self.warmup => self.base * k as f64 / self.warmup as f64,
+            ScheduleKind::Constant => self.base,
+        }
+    }
+}
+
 /// `lr(k)` of the reference's "cosine" schedule for the k-th optimiser step (k = steps taken).
 pub fn cosine_lr(k: u64, base: f64, end: f64, warmup: u64, max_steps: u64) -> f64 {
     if k < warmup {
@@ -157,5 +216,13 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
             }
         }
         total_f
+    })
+}
+
+/// L2 norm of the gradients of `params` (0 when none has one): `grad_norm_group/<group>`.
+pub fn grad_norm_of(params: &BTreeMap<String, Tensor>) -> f64 {
+    tch::no_grad(|| {
+        let norms: Vec<Tensor> = params.values().map(|p| p.grad()).filter(|g| g.defined()).map(|g| g.norm()).collect();
+        if norms.is_empty() { 0.0 } else { Tensor::stack(&norms, 0).norm().to_kind(Kind::Double).double_value(&[]) }
     })
 }

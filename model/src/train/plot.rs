@@ -148,3 +148,13 @@ pub fn plot_losses(jsonl: &Path, out: &Path) -> Result<()> {
     let png = encode_png(&c.img)?;
     crate::checkpoint::write_atomic(out, |tmp| Ok(std::fs::write(tmp, png)?))
 }
+
+/// One panel of the figure (temporary shim until the plotters figure lands).
+pub struct Panel {
+    pub title: String,
+    pub keys: Vec<String>,
+}
+
+pub fn plot_metrics(jsonl: &Path, _panels: &[Panel], out: &Path) -> Result<()> {
+    plot_losses(jsonl, out)
+}

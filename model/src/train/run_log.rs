@@ -1,0 +1,97 @@
+//! Where a run's numbers go: the console and `log.txt` (lines), TensorBoard (`logs/`) and
+//! `metrics.jsonl` (one row per logged step: `step` plus every scalar).
+
+use super::task::Metrics;
+use super::tensorboard::EventWriter;
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub struct RunLog {
+    dir: PathBuf,
+    tb: EventWriter,
+    jsonl: File,
+}
+
+impl RunLog {
+    /// Opens the logs of `dir`. A resumed run (`resumed_at`) drops the metric rows after its step, which
+    /// it rewrites; a fresh run moves an earlier run's `metrics.jsonl` aside rather than mixing them.
+    pub fn open(dir: &Path, resumed_at: Option<u64>) -> Result<RunLog> {
+        let jsonl_path = dir.join("metrics.jsonl");
+        match resumed_at {
+            Some(step) => truncate_jsonl(&jsonl_path, step)?,
+            None if jsonl_path.exists() => {
+                let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let aside = dir.join(format!("metrics.before-{stamp}.jsonl"));
+                std::fs::rename(&jsonl_path, &aside).with_context(|| format!("moving the earlier {} aside", jsonl_path.display()))?;
+                eprintln!("a fresh run in {}: the earlier metrics.jsonl is now {}", dir.display(), aside.display());
+            }
+            None => {}
+        }
+        let jsonl = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&jsonl_path)
+            .with_context(|| format!("opening {}", jsonl_path.display()))?;
+        Ok(RunLog { dir: dir.to_path_buf(), tb: EventWriter::create(&dir.join("logs"))?, jsonl })
+    }
+
+    pub fn jsonl_path(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+
+    /// A line on stderr and in `log.txt`.
+    pub fn line(&self, line: &str) {
+        eprintln!("{line}");
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("log.txt")) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// Scalars of `step` to TensorBoard and one `metrics.jsonl` row.
+    pub fn scalars(&mut self, step: u64, values: &Metrics) -> Result<()> {
+        self.tensorboard_only(step, values)?;
+        let mut row = serde_json::Map::new();
+        row.insert("step".into(), step.into());
+        for (k, v) in values {
+            row.insert(k.clone(), serde_json::json!(v));
+        }
+        writeln!(self.jsonl, "{}", serde_json::Value::Object(row)).context("writing metrics.jsonl")?;
+        Ok(())
+    }
+
+    /// Scalars too many for the JSONL rows and the plot (per-parameter gradient norms).
+    pub fn tensorboard_only(&mut self, step: u64, values: &Metrics) -> Result<()> {
+        for (k, v) in values {
+            self.tb.scalar(k, step as i64, *v as f32)?;
+        }
+        Ok(())
+    }
+
+    pub fn image(&mut self, tag: &str, step: u64, png: &[u8], width: u32, height: u32) -> Result<()> {
+        self.tb.image(tag, step as i64, png, width, height)
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.tb.flush()?;
+        self.jsonl.flush().context("flushing metrics.jsonl")
+    }
+}
+
+/// Drops metric rows after `step` (a resumed run rewrites them).
+fn truncate_jsonl(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::checkpoint::write_atomic(path, |tmp| Ok(std::fs::write(tmp, kept)?))
+}
+
+/// `1h05m` / `3m07s`.
+pub fn format_eta(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    if s >= 3600 { format!("{}h{:02}m", s / 3600, (s % 3600) / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
+}

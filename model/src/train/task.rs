@@ -1,0 +1,138 @@
+//! What a training job supplies to the generic loop ([`super::fit::fit`]): its model and parameter
+//! groups, one step on a micro-batch, and the job-specific parts of logging, previews, evaluation
+//! and checkpoints. Stage 1 and stage 2 are implementations (`stage1.rs`, `stage2.rs` over
+//! `token_task.rs`); stage 3 (a discriminator with its own optimiser) and the MaskGIT generator
+//! (tokens + class labels) are new files implementing the same trait.
+
+use super::plot::Panel;
+use crate::config::MixedPrecision;
+use anyhow::{Result, bail};
+use sftok_pipeline::batch::Batch;
+use sftok_pipeline::transform::RgbImage;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Device, Tensor, nn};
+
+pub use super::optim::ParamGroup;
+
+/// Named scalar metrics of a step or an evaluation (`train/total_loss`, `ema_eval/PSNR`, ...).
+pub type Metrics = BTreeMap<String, f64>;
+
+/// One micro-batch's result: the loss to back-propagate and what to log.
+pub struct StepOutput {
+    /// Scalar with its graph (not yet divided by the accumulation steps or scaled).
+    pub loss: Tensor,
+    /// Detached values, logged for the last micro-batch of every optimiser step.
+    pub metrics: Metrics,
+}
+
+/// A preview for TensorBoard (`Train Reconstruction`) and `train_images/`, or why there is none.
+pub enum Preview {
+    Image(RgbImage),
+    /// Logged once per run.
+    Unavailable(String),
+}
+
+/// The floating-point regime of a run (../shared/spec/sftok-training.md §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Float32,
+    /// CUDA fp16 autocast with a dynamic loss scale (PyTorch GradScaler semantics).
+    Fp16Autocast,
+}
+
+impl Precision {
+    /// `training.mixed_precision` on `device`: CPU runs are float32; bf16 is refused because tch
+    /// cannot select a bf16 autocast dtype.
+    pub fn resolve(mixed: MixedPrecision, device: Device) -> Result<Precision> {
+        Ok(match (mixed, device) {
+            (MixedPrecision::Bf16, Device::Cuda(_)) => bail!(
+                "training.mixed_precision=bf16: tch cannot select a bf16 autocast dtype; use fp16 (the reference's setting) or no"
+            ),
+            (MixedPrecision::Fp16, Device::Cuda(_)) => Precision::Fp16Autocast,
+            _ => Precision::Float32,
+        })
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Precision::Float32 => "float32",
+            Precision::Fp16Autocast => "fp16 autocast + dynamic loss scale",
+        }
+    }
+}
+
+/// What a step may need to know about the run.
+pub struct StepContext {
+    pub device: Device,
+    pub precision: Precision,
+    /// Optimiser steps taken so far.
+    pub global_step: u64,
+    /// Micro-batches consumed before this one.
+    pub micro_step: u64,
+}
+
+impl StepContext {
+    /// Runs `f` under the run's autocast. Tasks wrap their forward in it and keep out what the
+    /// spec keeps in float32 (the teacher's proxy codes, the quantizer, pixel losses).
+    pub fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
+        match self.precision {
+            Precision::Fp16Autocast => tch::autocast(true, f),
+            Precision::Float32 => f(),
+        }
+    }
+}
+
+pub trait Task {
+    /// `stage1`, `stage2`, ...: in logs and `trainer_state.json` (a checkpoint of another task is
+    /// refused on resume).
+    fn name(&self) -> &'static str;
+
+    /// The trained model's variables (parameters and buffers): EMA, checkpoints, resume.
+    fn var_store(&self) -> &nn::VarStore;
+
+    /// The main optimiser's groups over the trainable parameters. Frozen parameters are in none
+    /// and must not require grad.
+    fn param_groups(&self) -> Vec<ParamGroup>;
+
+    /// A fresh run (not a resume): the reference's initialisation and any starting weights.
+    fn init_fresh(&mut self, log: &mut dyn FnMut(&str)) -> Result<()>;
+
+    /// One micro-batch: forward (under `ctx.autocast` where the spec allows) and loss. The loop has
+    /// seeded libtorch's generator from (seed, micro-step) just before.
+    fn step(&mut self, batch: &Batch, ctx: &StepContext) -> Result<StepOutput>;
+
+    /// Runs after every micro-batch's backward and, on the last micro-batch of an accumulation
+    /// window (`sync`), after the main optimiser step: stage 3's discriminator update.
+    fn after_micro_step(&mut self, _ctx: &StepContext, _sync: bool) -> Result<Metrics> {
+        Ok(Metrics::new())
+    }
+
+    /// Extra checkpoint state (a second optimiser, buffers) written into the checkpoint directory.
+    fn save_extra(&self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// Restores what [`Task::save_extra`] wrote.
+    fn load_extra(&mut self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// A preview of the last micro-batch with the current weights (the loop swaps in the EMA).
+    fn preview(&mut self, n: usize) -> Result<Preview>;
+
+    /// Periodic evaluation with the current weights (the loop swaps in the EMA): `ema_eval/*`.
+    fn evaluate(&mut self) -> Result<Metrics> {
+        Ok(Metrics::new())
+    }
+
+    /// The task's part of the console line (`loss 1.2345 | rec 1.2000 | ...`).
+    fn console_summary(&self, metrics: &Metrics) -> String;
+
+    /// The task's panels of `loss.png`; the loop adds learning rate, gradient norms and throughput.
+    fn metric_panels(&self) -> Vec<Panel>;
+
+    /// Writes a weights directory (the reference's layout) from named tensors: `model/`,
+    /// `ema_model/` of checkpoints and the final export.
+    fn save_weights(&self, tensors: Vec<(String, Tensor)>, dir: &Path) -> Result<()>;
+}
