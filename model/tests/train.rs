@@ -344,3 +344,16 @@ fn stage2_guided_mask_false_is_the_vanilla_ablation_with_other_inputs() {
     let err = format!("{:#}", train(TrainJob::Stage1, tiny_config(2, &dir.path().join("x"), &[]), None, false, batch).unwrap_err());
     assert!(err.contains("training.single_step_generation"), "{err}");
 }
+
+#[test]
+fn keys_asking_for_what_stages_1_2_do_not_do_are_refused_by_name() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    for (set, key) in [("training.enable_wandb=True", "training.enable_wandb"), ("training.use_mlmloss=False", "training.use_mlmloss"),
+                       ("training.use_soft_proxycodes=True", "training.use_soft_proxycodes"),
+                       ("dataset.params.pretokenization=tokens/", "dataset.params.pretokenization")] {
+        let cfg = tiny_config(1, &dir.path().join("r"), &["training.max_train_steps=1", set]);
+        let err = format!("{:#}", train(TrainJob::Stage1, cfg, None, false, fixed_batch(1)).unwrap_err());
+        assert!(err.contains(key), "{set}: {err}");
+    }
+}

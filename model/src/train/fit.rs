@@ -79,6 +79,9 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
     let out = PathBuf::from(&x.output_dir);
     std::fs::create_dir_all(&out).with_context(|| format!("creating experiment.output_dir {}", out.display()))?;
     crate::checkpoint::write_atomic(&out.join("config.yaml"), |tmp| Ok(std::fs::write(tmp, cfg.to_yaml())?))?;
+    if t.enable_wandb {
+        bail!("training.enable_wandb = True: sftok logs to TensorBoard (output_dir/logs) and metrics.jsonl, not wandb; set training.enable_wandb=False");
+    }
     let precision = Precision::resolve(t.mixed_precision, opts.device)?;
     let schedule = LrSchedule::from_config(cfg)?;
 

@@ -45,6 +45,22 @@ pub fn require_flag(cfg_value: bool, want: bool, key: &str, stage: &str, why: &s
     Ok(())
 }
 
+/// Keys whose non-default values would ask for something stages 1–2 do not do (here, and for
+/// `use_soft_proxycodes` in the reference either): refused rather than silently ignored.
+fn refuse_unimplemented(cfg: &Config) -> Result<()> {
+    let t = &cfg.training;
+    if !t.use_mlmloss {
+        bail!("training.use_mlmloss = False: stages 1–2 train with the masked-token loss only (the reference's live path); set it True");
+    }
+    if t.use_soft_proxycodes {
+        bail!("training.use_soft_proxycodes = True: soft proxy codes are inert in the reference's training loop and not implemented; set it False");
+    }
+    if !cfg.dataset.params.pretokenization.is_empty() {
+        bail!("dataset.params.pretokenization is for generator training; stages 1–2 read images (and proxy codes): leave it empty");
+    }
+    Ok(())
+}
+
 /// Periodic evaluation on the val shards (`experiment.eval_every`).
 pub struct EvalSetup {
     /// `dataset.params.eval_shards_path_or_url`.
@@ -85,6 +101,7 @@ impl<S: TokenStage> TokenTask<S> {
         if cfg.model.vq_model.finetune_decoder {
             bail!("model.vq_model.finetune_decoder = True is stage 3; `sftok-train {}` trains with it False", S::NAME);
         }
+        refuse_unimplemented(&cfg)?;
         if cfg.experiment.eval_every > 0 && o.teacher.is_none() {
             bail!(
                 "experiment.eval_every = {} needs --teacher: stage-1/2 reconstructions are decoded by the teacher's decoder. \
