@@ -157,9 +157,9 @@ fn save_ema_dir(ema: &Ema, cfg: &Config, dir: &Path) -> Result<()> {
 /// Reconstruction strip for TensorBoard: [original | reconstruction | |difference|] per image.
 fn reconstruction_grid(model: &SFTok, teacher: &MaskgitVqgan, x: &Tensor, n: i64) -> Result<sftok_pipeline::transform::RgbImage> {
     let x = x.narrow(0, 0, n.min(x.size()[0]));
-    let (y, _) = crate::recon::reconstruct(model, Some(teacher), &x)?;
+    let (y, _) = crate::eval::recon::reconstruct(model, Some(teacher), &x)?;
     let diff = (&x - &y).abs();
-    let (a, b, c) = (crate::recon::to_images(&x)?, crate::recon::to_images(&y)?, crate::recon::to_images(&diff)?);
+    let (a, b, c) = (crate::eval::recon::to_images(&x)?, crate::eval::recon::to_images(&y)?, crate::eval::recon::to_images(&diff)?);
     let rows: Vec<Vec<&sftok_pipeline::transform::RgbImage>> = (0..a.len()).map(|i| vec![&a[i], &b[i], &c[i]]).collect();
     Ok(sftok_pipeline::transform::grid(&rows, 2))
 }
