@@ -1,10 +1,11 @@
-//! Shared command-line habits of the three sftok binaries: progress reporting, device flags,
-//! error printing. The binaries only parse arguments and call `sftok-pipeline` / `sftok-model`.
+//! Shared command-line habits of the three sftok binaries: flag groups, error printing, `doctor`.
+//! The binaries only parse arguments and call `sftok-pipeline` / `sftok-model`.
 
-pub mod bench_fid;
-pub mod fid;
-pub mod progress;
-pub mod rfid;
+pub mod flags;
+
+/// sftok-prep still imports `sftok::progress::Progress`; the module itself lives in the pipeline
+/// crate, where the model library can use it too.
+pub use sftok_pipeline::progress;
 
 use anyhow::Result;
 

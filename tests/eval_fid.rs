@@ -2,9 +2,10 @@
 //! (float16 safetensors under pytorch-fid's key names, upcast on load): every input kind, the
 //! report, --save-stats read back by numpy, bad images, and the refusals.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use tch::{Device, Kind, Tensor};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -11,7 +11,6 @@ pub mod losses;
 pub mod multistep_decoder;
 pub mod optvq;
 pub mod proxy_codes;
-pub mod recon;
 pub mod sftok;
 pub mod titok_encoder;
 pub mod train;

@@ -10,6 +10,7 @@ pub mod jpeg_scan;
 pub mod loader;
 pub mod manifest;
 pub mod ordered;
+pub mod progress;
 pub mod rng;
 pub mod shard;
 pub mod sniff;

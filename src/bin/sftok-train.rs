@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use sftok::flags::DeviceFlag;
 use sftok_model::config::Config;
 use sftok_model::train::launch::{TrainArgs, TrainJob};
 use std::path::PathBuf;
@@ -21,9 +22,8 @@ struct StageFlags {
     /// A YAML config with the reference's layout (configs/*.yaml).
     #[arg(long)]
     config: PathBuf,
-    /// auto | cpu | cuda | cuda:N
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceFlag,
     /// auto: continue from the newest checkpoint in experiment.output_dir (if any); never; or a checkpoint dir.
     /// Default: auto when experiment.resume is True (the reference's default), never when False.
     #[arg(long)]
@@ -60,7 +60,7 @@ impl StageFlags {
         TrainArgs {
             config: self.config,
             overrides: self.overrides,
-            device: self.device,
+            device: self.device.device,
             resume: self.resume,
             init: self.init,
             teacher: self.teacher,
@@ -109,9 +109,8 @@ enum Command {
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-train doctor --device auto")]
     Doctor {
-        /// auto | cpu | cuda | cuda:N
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceFlag,
     },
 }
 
@@ -121,7 +120,7 @@ fn main() {
         Command::Stage1(f) => stage(TrainJob::Stage1, f),
         Command::Stage2(f) => stage(TrainJob::Stage2, f),
         Command::Init { config, out, seed, overrides } => init(config, out, seed, overrides),
-        Command::Doctor { device } => sftok::doctor(&device),
+        Command::Doctor { device } => sftok::doctor(&device.device),
     });
 }
 

@@ -8,6 +8,7 @@ use super::optim::reference_param_groups;
 use super::plot::Panel;
 use super::task::{Metrics, ParamGroup, Preview, StepContext, StepOutput, Task};
 use crate::config::Config;
+use crate::eval::recon_eval::{ReconEvalOptions, evaluate_reconstruction};
 use crate::inception::FidInception;
 use crate::losses::masked_token_ce;
 use crate::sftok::{ForwardOutput, LoadedSFTok, SFTok, SFTokConfig};
@@ -211,8 +212,7 @@ impl<S: TokenStage> Task for TokenTask<S> {
 
     fn evaluate(&mut self) -> Result<Metrics> {
         let Some(eval) = &self.eval else { return Ok(Metrics::new()) };
-        let report = evaluate_val(&self.model, self.teacher(), eval, &self.cfg)?;
-        Ok(report)
+        evaluate_val(&self.model, self.teacher(), eval, &self.cfg)
     }
 
     fn console_summary(&self, m: &Metrics) -> String {
@@ -245,14 +245,35 @@ impl<S: TokenStage> Task for TokenTask<S> {
 /// Reconstruction strip for TensorBoard: [original | reconstruction | |difference|] per image.
 fn reconstruction_grid(model: &SFTok, teacher: &MaskgitVqgan, x: &Tensor, n: i64) -> Result<RgbImage> {
     let x = x.narrow(0, 0, n.min(x.size()[0]));
-    let (y, _) = crate::recon::reconstruct(model, Some(teacher), &x)?;
+    let (y, _) = crate::eval::recon::reconstruct(model, Some(teacher), &x)?;
     let diff = (&x - &y).abs();
-    let (a, b, c) = (crate::recon::to_images(&x)?, crate::recon::to_images(&y)?, crate::recon::to_images(&diff)?);
+    let (a, b, c) = (crate::eval::recon::to_images(&x)?, crate::eval::recon::to_images(&y)?, crate::eval::recon::to_images(&diff)?);
     let rows: Vec<Vec<&RgbImage>> = (0..a.len()).map(|i| vec![&a[i], &b[i], &c[i]]).collect();
     Ok(sftok_pipeline::transform::grid(&rows, 2))
 }
 
-/// `ema_eval/*` over the val shards.
-fn evaluate_val(_model: &SFTok, _teacher: Option<&MaskgitVqgan>, _eval: &EvalSetup, _cfg: &Config) -> Result<Metrics> {
-    bail!("pending: evaluation moves to model/src/eval")
+/// `ema_eval/*` over the val shards: the stage's eval path, reconstructions rounded to 8 bits,
+/// as `sftok-eval rfid` computes them (spec §11.3; SSIM and LPIPS are not computed).
+fn evaluate_val(model: &SFTok, teacher: Option<&MaskgitVqgan>, eval: &EvalSetup, cfg: &Config) -> Result<Metrics> {
+    let pre = &cfg.dataset.preprocessing;
+    let o = ReconEvalOptions {
+        shards: eval.shards.clone(),
+        resize_shorter_edge: pre.resize_shorter_edge,
+        crop_size: pre.crop_size,
+        batch: eval.batch,
+        num: eval.max_images,
+        seed: cfg.training.seed as i64,
+        progress: false,
+        save_images: None,
+    };
+    let device = model.latent_tokens.device();
+    let r = evaluate_reconstruction(model, teacher, eval.inception.as_ref(), &o, device).context("periodic evaluation (experiment.eval_every)")?;
+    let mut m = Metrics::from([
+        ("ema_eval/PSNR".into(), r.psnr),
+        ("ema_eval/CodebookUsage".into(), r.codebook_usage),
+        ("ema_eval/CodebookEntropy".into(), r.codebook_entropy_bits),
+    ]);
+    m.extend(r.rfid.map(|v| ("ema_eval/rFID".to_string(), v)));
+    m.extend(r.inception_score.map(|v| ("ema_eval/InceptionScore".to_string(), v)));
+    Ok(m)
 }

@@ -1,16 +1,24 @@
-//! `sftok-eval recon`: eval transform → encode → iterative decode → PNG grid, token ids, PSNR.
+//! `sftok-eval recon`: eval transform → encode → iterative decode → PNG grid, token ids, PSNR;
+//! and the reconstruction helpers `rfid` and the trainer share.
 
-use crate::sftok::SFTok;
+use crate::config::Config;
+use crate::sftok::{LoadedSFTok, SFTok, resolve_config};
 use crate::vqgan::MaskgitVqgan;
 use anyhow::{Context, Result, bail};
 use sftok_pipeline::transform::RgbImage;
-use tch::{Device, Kind, Tensor};
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor, nn};
 
-/// RGB8 images of one size → float [B, 3, H, W] in [0, 1] (`ToTensor`): permute while u8, then cast.
+/// RGB8 images of one size → float [B, 3, H, W] in [0, 1] (`ToTensor`).
 pub fn to_tensor(images: &[RgbImage], device: Device) -> Tensor {
-    let (w, h) = (images[0].width as i64, images[0].height as i64);
-    let bytes: Vec<u8> = images.iter().flat_map(|i| i.data.iter().copied()).collect();
-    crate::handoff::nhwc_u8_to_float(&bytes, [images.len() as i64, h, w], device)
+    let (bytes, dims) = crate::handoff::pack_rgb(images);
+    crate::handoff::nhwc_u8_to_float(&bytes, dims, device)
+}
+
+/// RGB8 images of one size → uint8 [B, H, W, 3] on `device`, the FID Inception's input.
+pub fn to_u8_tensor(images: &[RgbImage], device: Device) -> Tensor {
+    let (bytes, dims) = crate::handoff::pack_rgb(images);
+    crate::handoff::nhwc_u8_to_device(&bytes, dims, device)
 }
 
 /// [B, 3, H, W] floats → RGB8 images (clamped to [0, 1], rounded to the nearest 1/255).
@@ -54,7 +62,7 @@ pub fn reconstruct(model: &SFTok, teacher: Option<&MaskgitVqgan>, x: &Tensor) ->
 }
 
 /// Reads image files (any format the `image` crate decodes), applies the eval transform.
-pub fn load_eval_images(paths: &[std::path::PathBuf], resize_shorter_edge: u32, crop_size: u32) -> Result<Vec<RgbImage>> {
+pub fn load_eval_images(paths: &[PathBuf], resize_shorter_edge: u32, crop_size: u32) -> Result<Vec<RgbImage>> {
     paths
         .iter()
         .map(|p| {
@@ -65,15 +73,47 @@ pub fn load_eval_images(paths: &[std::path::PathBuf], resize_shorter_edge: u32, 
         .collect()
 }
 
-pub struct ReconRequest {
-    pub checkpoint: std::path::PathBuf,
-    pub config: Option<std::path::PathBuf>,
+/// The tokenizer to evaluate and how it decodes (`recon` and `rfid`).
+pub struct ModelSpec {
+    /// Weights: any format `checkpoint::read` takes, or a directory with config.json.
+    pub checkpoint: PathBuf,
+    /// Config file; default: config.json beside the checkpoint.
+    pub config: Option<PathBuf>,
     pub overrides: Vec<String>,
+    /// MaskGIT-VQGAN teacher (a file, or `random:SEED`) for stage-1/2 models.
     pub teacher: Option<String>,
-    pub images: Vec<std::path::PathBuf>,
-    pub out: std::path::PathBuf,
+    /// Decoding steps instead of `model.generator.num_steps`.
     pub steps: Option<i64>,
+    /// Seed of the decoder's Gumbel sampling.
     pub seed: i64,
+}
+
+impl ModelSpec {
+    /// The checkpoint's config with the overrides and `steps` applied.
+    pub fn config(&self) -> Result<Config> {
+        let mut config = resolve_config(&self.checkpoint, self.config.as_deref(), &self.overrides)?;
+        if let Some(s) = self.steps {
+            config.model.generator.num_steps = s;
+        }
+        Ok(config)
+    }
+
+    /// The model built from `config` with the checkpoint's weights, and the teacher when one was
+    /// given and the model needs it (no pixel decoder of its own).
+    pub fn load(&self, config: Config, device: Device) -> Result<(LoadedSFTok, Option<(nn::VarStore, MaskgitVqgan)>)> {
+        let loaded = LoadedSFTok::load(&self.checkpoint, config, device)?;
+        let teacher = match (&self.teacher, loaded.model.pixel_decoder.is_some()) {
+            (Some(spec), false) => Some(crate::vqgan::load_teacher(spec, device)?),
+            _ => None,
+        };
+        Ok((loaded, teacher))
+    }
+}
+
+pub struct ReconRequest {
+    pub model: ModelSpec,
+    pub images: Vec<PathBuf>,
+    pub out: PathBuf,
     pub batch: usize,
     pub device: Device,
 }
@@ -93,33 +133,25 @@ pub struct ReconReport {
     pub mean_psnr: f64,
     pub images: Vec<ReconItem>,
     #[serde(skip)]
-    pub grid: std::path::PathBuf,
+    pub grid: PathBuf,
 }
 
-/// The whole `recon` command: load, transform, reconstruct in batches, write `grid.png`
-/// (original | reconstruction per row), `originals/` and `reconstructions/` (one PNG per image)
-/// and `tokens.json` (token ids and PSNR per image).
-pub fn run(req: &ReconRequest) -> Result<ReconReport> {
-    use crate::sftok::{LoadedSFTok, resolve_config};
+/// Loads, transforms, reconstructs in batches and writes `grid.png` (original | reconstruction
+/// per row), `originals/` and `reconstructions/` (one PNG per image) and `tokens.json` (token
+/// ids and PSNR per image).
+pub fn write_reconstructions(req: &ReconRequest) -> Result<ReconReport> {
     if req.images.is_empty() {
         bail!("no input images: pass --images a.jpg b.png …");
     }
-    let mut config = resolve_config(&req.checkpoint, req.config.as_deref(), &req.overrides)?;
-    if let Some(s) = req.steps {
-        config.model.generator.num_steps = s;
-    }
+    let config = req.model.config()?;
     let pre = config.dataset.preprocessing.clone();
     let originals = load_eval_images(&req.images, pre.resize_shorter_edge, pre.crop_size)?;
-    let loaded = LoadedSFTok::load(&req.checkpoint, config, req.device)?;
-    let teacher = match (&req.teacher, loaded.model.pixel_decoder.is_some()) {
-        (Some(spec), false) => Some(crate::vqgan::load_teacher(spec, req.device)?),
-        _ => None,
-    };
+    let (loaded, teacher) = req.model.load(config, req.device)?;
     let mut recons = Vec::new();
     let mut items = Vec::new();
     for (chunk_imgs, chunk_paths) in originals.chunks(req.batch.max(1)).zip(req.images.chunks(req.batch.max(1))) {
         let x = to_tensor(chunk_imgs, req.device);
-        tch::manual_seed(req.seed); // generate draws Gumbel noise: seeded for reproducible output
+        tch::manual_seed(req.model.seed); // generate draws Gumbel noise: seeded for reproducible output
         let (y, tokens) = reconstruct(&loaded.model, teacher.as_ref().map(|t| &t.1), &x)?;
         let p = psnr(&x, &y);
         for (i, path) in chunk_paths.iter().enumerate() {
@@ -143,9 +175,9 @@ pub fn run(req: &ReconRequest) -> Result<ReconReport> {
     crate::checkpoint::write_atomic(&grid, |tmp| Ok(std::fs::write(tmp, &png)?))?;
     let finite: Vec<f64> = items.iter().map(|i| i.psnr).filter(|p| p.is_finite()).collect();
     let report = ReconReport {
-        checkpoint: req.checkpoint.display().to_string(),
+        checkpoint: req.model.checkpoint.display().to_string(),
         steps: loaded.config.model.generator.num_steps,
-        seed: req.seed,
+        seed: req.model.seed,
         mean_psnr: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
         images: items,
         grid,
@@ -153,4 +185,22 @@ pub fn run(req: &ReconRequest) -> Result<ReconReport> {
     let json = serde_json::to_string_pretty(&report)?;
     crate::checkpoint::write_atomic(&req.out.join("tokens.json"), |tmp| Ok(std::fs::write(tmp, json)?))?;
     Ok(report)
+}
+
+/// The whole `recon` command: [`write_reconstructions`], then PSNR per image and a summary.
+pub fn run(req: &ReconRequest) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let report = write_reconstructions(req)?;
+    for item in &report.images {
+        println!("{:>7.2} dB  {}", item.psnr, item.source);
+    }
+    println!(
+        "mean PSNR {:.2} dB over {} image(s), {} decoding steps, {:.2} s/image",
+        report.mean_psnr,
+        report.images.len(),
+        report.steps,
+        t0.elapsed().as_secs_f64() / report.images.len() as f64
+    );
+    println!("grid: {}  tokens: {}", report.grid.display(), req.out.join("tokens.json").display());
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! `shared/bench/run_bench.py`, so tools/bench-fid.sh can time them next to bench_fid_py.py.
 
 use anyhow::{Result, ensure};
-use sftok_model::inception::{FidInception, FidInceptionConfig, InputPipeline};
+use crate::inception::{FidInception, FidInceptionConfig, InputPipeline};
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -82,8 +82,8 @@ pub fn frechet(a: &Path, b: &Path, threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         tch::set_num_threads(n as i32);
     }
-    let (sa, sb) = (crate::fid::stats_file(a)?, crate::fid::stats_file(b)?);
-    let (f, seconds) = crate::fid::timed_frechet(&sa, &sb)?;
+    let (sa, sb) = (super::fid::stats_file(a)?, super::fid::stats_file(b)?);
+    let (f, seconds) = super::fid::timed_frechet(&sa, &sb)?;
     println!("RESULT fid_distance_rs value={:?} seconds={seconds:.3} threads={}", f.value, tch::get_num_threads());
     Ok(())
 }
