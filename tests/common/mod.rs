@@ -1,13 +1,13 @@
-//! Helpers for the end-to-end tests of the binaries.
-#![allow(dead_code)]
+//! Helpers for the end-to-end tests of the binaries (the binaries, fake ImageNet shards, process
+//! control). Paths, fixtures, sidecars and the Python oracle are in `sftok-testkit-tch` (testkit/).
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+/// The repository root (kept under this name for `train_cli.rs`).
+pub use sftok_testkit_tch::repo_root as repo;
 
 pub fn bin(name: &str) -> Command {
     let path = match name {
@@ -20,12 +20,6 @@ pub fn bin(name: &str) -> Command {
     // The binaries must find libtorch through their rpath alone.
     cmd.env_remove("LD_LIBRARY_PATH");
     cmd
-}
-
-pub fn python() -> Command {
-    let py = repo().join(".venv/bin/python");
-    assert!(py.exists(), "{} missing: run tools/setup.sh (make test does)", py.display());
-    Command::new(py)
 }
 
 /// Runs the command, asserting success (both streams shown otherwise).
