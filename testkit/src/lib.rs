@@ -222,6 +222,7 @@ impl Tolerance {
     }
 
     /// The value of one bound; panics if the sidecar has none for this key.
+    #[track_caller]
     pub fn bound(&self, bound: Bound) -> f64 {
         let (v, field) = match bound {
             Bound::Atol => (self.atol, "suggested_atol"),
@@ -233,17 +234,20 @@ impl Tolerance {
     }
 
     /// `suggested_atol`.
+    #[track_caller]
     pub fn atol(&self) -> f64 {
         self.bound(Bound::Atol)
     }
 
     /// `suggested_rel`.
+    #[track_caller]
     pub fn rel(&self) -> f64 {
         self.bound(Bound::Rel)
     }
 
     /// Asserts an observed error against a bound: `max_abs_diff` itself for the atol bounds,
     /// `max_abs_diff / max_abs_expect` for the relative ones. Returns the error it compared.
+    #[track_caller]
     pub fn check(&self, bound: Bound, max_abs_diff: f64, max_abs_expect: f64) -> f64 {
         assert!(
             !(self.zero_in_exact_arithmetic && matches!(bound, Bound::Rel | Bound::SameBranchRel)),

@@ -14,6 +14,7 @@ pub fn load_tensors(name: &str) -> HashMap<String, Tensor> {
 }
 
 /// `max |a − b|` in float64 (shapes must agree).
+#[track_caller]
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shape mismatch");
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
@@ -30,6 +31,7 @@ pub fn scalar(t: &Tensor) -> f64 {
 }
 
 /// Asserts `max |got − expect| ≤ atol`, printing the error against the tolerance; returns the error.
+#[track_caller]
 pub fn assert_close_atol(name: &str, got: &Tensor, expect: &Tensor, atol: f64) -> f64 {
     let err = max_abs_diff(got, expect);
     println!("{name:<50} max abs err {err:.3e}  (tolerance {atol:.1e})");
@@ -38,16 +40,19 @@ pub fn assert_close_atol(name: &str, got: &Tensor, expect: &Tensor, atol: f64) -
 }
 
 /// Asserts `got` matches `expect` within the sidecar's `bound` for `key` (shapes must agree).
+#[track_caller]
 pub fn assert_within(side: &Sidecar, key: &str, bound: Bound, got: &Tensor, expect: &Tensor) -> f64 {
     side.tolerance(key).check(bound, max_abs_diff(got, expect), max_abs(expect))
 }
 
 /// Asserts `got` is within the sidecar's `suggested_atol` for `key`.
+#[track_caller]
 pub fn assert_close(side: &Sidecar, key: &str, got: &Tensor, expect: &Tensor) -> f64 {
     assert_within(side, key, Bound::Atol, got, expect)
 }
 
 /// Asserts exact equality (shape, and values after converting `got` to `expect`'s dtype).
+#[track_caller]
 pub fn assert_exact(key: &str, got: &Tensor, expect: &Tensor) {
     assert_eq!(got.size(), expect.size(), "{key}: shape");
     assert!(got.to_kind(expect.kind()).equal(expect), "{key}: differs from the reference\n got {got}\n expected {expect}");
@@ -82,31 +87,37 @@ impl Fixture {
     }
 
     /// Within `bound` of the sidecar's tolerances for `key`.
+    #[track_caller]
     pub fn assert_within(&self, key: &str, bound: Bound, got: &Tensor) -> f64 {
         assert_within(&self.side, key, bound, got, self.get(key))
     }
 
     /// Within `suggested_atol`.
+    #[track_caller]
     pub fn assert_close(&self, key: &str, got: &Tensor) -> f64 {
         self.assert_within(key, Bound::Atol, got)
     }
 
     /// Within `suggested_rel` (normwise: max |Δ| / max |expect|).
+    #[track_caller]
     pub fn assert_close_rel(&self, key: &str, got: &Tensor) -> f64 {
         self.assert_within(key, Bound::Rel, got)
     }
 
     /// Within `same_branch_suggested_atol` (stage-3 fixtures).
+    #[track_caller]
     pub fn assert_close_same_branch(&self, key: &str, got: &Tensor) -> f64 {
         self.assert_within(key, Bound::SameBranchAtol, got)
     }
 
     /// Exactly equal.
+    #[track_caller]
     pub fn assert_exact(&self, key: &str, got: &Tensor) {
         assert_exact(key, got, self.get(key))
     }
 
     /// As the sidecar says for `key`: exact equality where it says `exact`, else `suggested_atol`.
+    #[track_caller]
     pub fn assert_matches(&self, key: &str, got: &Tensor) {
         if self.side.tolerance(key).exact {
             self.assert_exact(key, got);
