@@ -15,9 +15,19 @@ build: setup
 demo: build
 	@bash tools/demo.sh
 
-## make test: every unit, parity and end-to-end test.
+# The test binaries that read ../shared/fixtures. They take every seed, shape and count from the
+# fixtures' sidecars, and find the fixtures through SFTOK_FIXTURES when it is set.
+FIXTURE_TESTS := --test sftok_parity --test vqgan_parity --test eval_metrics --test fid_inception \
+	--test sftok_checkpoint --test eval_fid --test recon
+
+## make test: every unit, parity and end-to-end test; then the fixture tests again on a copy of the
+## fixtures in a temporary directory (SFTOK_FIXTURES), so that no test depends on where they lie.
+## (--workspace in the rerun: the same feature resolution as the first run, so nothing is rebuilt.)
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
+	@fx=$$(mktemp -d) && trap 'rm -rf "$$fx"' EXIT && cp -R ../shared/fixtures/. "$$fx"/ && \
+	echo "fixture tests again with SFTOK_FIXTURES=$$fx (a copy of ../shared/fixtures)" && \
+	SFTOK_FIXTURES="$$fx" $(CARGO) test --workspace --no-fail-fast $(FIXTURE_TESTS)
 
 clean-demo:
 	rm -rf demo-out

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{bin, repo, run as run_ok};
+use common::{bin, run as run_ok};
+use sftok_testkit_tch::repo_root as repo;
 use std::path::Path;
 use std::process::Command;
 

@@ -1,21 +1,15 @@
 //! End-to-end `sftok-eval fid` on tiny inputs with the fid-inception-f16 fixture's weights
 //! (float16 safetensors under pytorch-fid's key names, upcast on load): every input kind, the
-//! report, --save-stats read back by numpy, bad images, and the refusals.
+//! report, --save-stats read back by numpy, bad images, and the refusals. Feature widths (pool3,
+//! the sFID tap) come from the fixture's sidecar.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use sftok_testkit_tch::{Sidecar, python};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    let py = repo().join(".venv/bin/python");
-    assert!(py.exists(), "{} missing: run tools/setup.sh first (it creates the Python oracle venv)", py.display());
-    py
-}
+const FX: &str = "fid-inception-f16";
 
 fn eval(args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sftok-eval"));
@@ -54,7 +48,7 @@ for name, base in (("A", 60), ("B", 150)):
     if name == "A":
         np.savez(os.path.join(d, "a.npz"), arr_0=np.stack(imgs))
 "#;
-    let out = Command::new(python()).arg("-c").arg(py).arg(dir).output().unwrap();
+    let out = python().arg("-c").arg(py).arg(dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -91,18 +85,21 @@ fn fid_end_to_end_with_fixture_weights() {
     assert!((fid_stats - fid_ab).abs() <= 1e-9 * fid_ab, "{fid_stats} vs {fid_ab}");
     assert!(from_stats["sfid"].is_f64() && from_stats["precision"].is_null(), "{from_stats}");
 
-    // --save-stats is ADM's layout, float64, readable by numpy.
+    // --save-stats is ADM's layout, float64, readable by numpy; widths: pool3 and the sFID tap.
     let check = r#"
 import sys, numpy as np
+d, d_s = int(sys.argv[2]), int(sys.argv[3])
 with np.load(sys.argv[1]) as f:
     assert sorted(f.files) == ["mu", "mu_s", "sigma", "sigma_s"], f.files
-    assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048), f["sigma"].shape
-    assert f["mu_s"].shape == (2023,) and f["sigma_s"].shape == (2023, 2023)
+    assert f["mu"].shape == (d,) and f["sigma"].shape == (d, d), f["sigma"].shape
+    assert f["mu_s"].shape == (d_s,) and f["sigma_s"].shape == (d_s, d_s)
     assert all(f[k].dtype == np.float64 for k in f.files)
     assert np.allclose(f["sigma"], f["sigma"].T)
 print("ok")
 "#;
-    let out = Command::new(python()).arg("-c").arg(check).arg(p("a_stats.npz")).output().unwrap();
+    let side = Sidecar::load(FX);
+    let (width, width_s) = (side.dim("expect.tf1.pool3_f64", 1), side.dim("expect.tf1.spatial_mixed6d_f64", 1));
+    let out = python().arg("-c").arg(check).arg(p("a_stats.npz")).arg(width.to_string()).arg(width_s.to_string()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // An unreadable image is an error naming it; --skip-bad counts it.

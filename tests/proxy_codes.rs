@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{bin, python, run_ok, shards};
+use common::{bin, run_ok, shards};
 use sftok_pipeline::batch::BatchStream;
 use sftok_pipeline::loader::{Loader, LoaderConfig};
+use sftok_testkit_tch::python;
 use std::path::Path;
 use tch::Device;
 

@@ -12,7 +12,7 @@ fn rfid_agrees_with_fid_on_the_saved_originals_and_reconstructions() {
     let d = tmp.path();
     let train = shards(d, 2, 5, 5);
     let ckpt = d.join("ckpt");
-    run_ok(bin("sftok-train").args(["init", common::repo().join("configs/tiny/sftok_tiny_stage1.yaml").to_str().unwrap(), "--out",
+    run_ok(bin("sftok-train").args(["init", sftok_testkit_tch::repo_root().join("configs/tiny/sftok_tiny_stage1.yaml").to_str().unwrap(), "--out",
         ckpt.to_str().unwrap(), "--seed", "3"]));
     let saved = d.join("saved");
     let out = run_ok(bin("sftok-eval").args(["rfid", "--checkpoint", ckpt.to_str().unwrap(), "--teacher", "random:0", "--shards",

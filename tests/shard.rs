@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{python, run};
+use common::run;
 use serde_json::Value;
+use sftok_testkit_tch::python;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;

@@ -161,7 +161,7 @@ fn eval_every_logs_ema_evaluation_that_tensorboard_reads() {
               "experiment.eval_every=2", "training.per_gpu_batch_size=4"]);
     let text = run_ok(&mut cmd);
     assert!(text.contains("step 2: evaluation") && text.contains("step 4: evaluation"), "{text}");
-    let out = common::python().arg("-c").arg(PY_EMA_EVAL).arg(dir.join("run/logs")).output().unwrap();
+    let out = sftok_testkit_tch::python().arg("-c").arg(PY_EMA_EVAL).arg(dir.join("run/logs")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines()

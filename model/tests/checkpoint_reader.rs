@@ -1,8 +1,6 @@
 //! The PyTorch checkpoint reader against files written by the venv's Python torch (oracle):
 //! zip and legacy formats, every common dtype, views, shared storages, nested dicts, Parameters.
 
-mod common;
-
 use sftok_model::checkpoint;
 use std::path::Path;
 use tch::{Tensor, nn};
@@ -65,7 +63,7 @@ fn assert_same(got: &checkpoint::StateDict, expect_path: &Path) {
 #[test]
 fn reads_zip_and_legacy_torch_files_bit_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    common::run_python(WRITE, &[dir.path().to_str().unwrap()]);
+    sftok_testkit_tch::run_python(WRITE, &[dir.path().to_str().unwrap()]);
     for suffix in ["zip.bin", "legacy.pth"] {
         let p = |n: &str| dir.path().join(format!("{n}_{suffix}"));
         assert_same(&checkpoint::read(&p("plain")).unwrap(), &dir.path().join("plain.safetensors"));
@@ -82,7 +80,7 @@ fn reads_zip_and_legacy_torch_files_bit_exactly() {
 #[test]
 fn strict_loading_reports_missing_unexpected_and_misshaped_keys() {
     let dir = tempfile::tempdir().unwrap();
-    common::run_python(WRITE, &[dir.path().to_str().unwrap()]);
+    sftok_testkit_tch::run_python(WRITE, &[dir.path().to_str().unwrap()]);
 
     // A module whose parameter names match the Python module loads every value.
     let vs = nn::VarStore::new(tch::Device::Cpu);
@@ -111,7 +109,7 @@ fn strict_loading_reports_missing_unexpected_and_misshaped_keys() {
 #[test]
 fn unreadable_files_name_the_file_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    common::run_python(WRITE, &[dir.path().to_str().unwrap()]);
+    sftok_testkit_tch::run_python(WRITE, &[dir.path().to_str().unwrap()]);
     let full = std::fs::read(dir.path().join("plain_legacy.pth")).unwrap();
     let cut = dir.path().join("cut.pth");
     std::fs::write(&cut, &full[..full.len() - 10]).unwrap();

@@ -2,18 +2,9 @@
 //! Fortran order, every supported dtype) → we read and stream; we write ADM-layout statistics →
 //! numpy reads and checks them.
 
-mod common;
-
-use common::python_path as python;
 use sftok_model::eval::npz::{NpzReader, write_npz};
-use std::process::Command;
+use sftok_testkit_tch::run_python;
 use tch::{Device, Kind, Tensor};
-
-fn run_python(script: &str, dir: &std::path::Path) -> String {
-    let out = Command::new(python()).arg("-c").arg(script).arg(dir).output().expect("spawn python");
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// numpy writes the arrays and, as an independent copy of the values, a raw little-endian
 /// C-order dump of each (`<name>.raw`) plus its dtype/shape.
@@ -46,7 +37,7 @@ fn raw_tensor(dir: &std::path::Path, name: &str, kind: Kind, shape: &[i64]) -> T
 #[test]
 fn reads_what_numpy_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let listing = run_python(NUMPY_WRITES, dir.path());
+    let listing = run_python(NUMPY_WRITES, &[dir.path().to_str().unwrap()]);
     for file in ["plain.npz", "compressed.npz"] {
         let mut npz = NpzReader::open(&dir.path().join(file)).unwrap();
         for line in listing.lines() {
@@ -99,7 +90,7 @@ with np.load(os.path.join(sys.argv[1], "stats.npz")) as f:
     assert np.array_equal(f["arr_0"], (np.arange(120) % 256).astype(np.uint8).reshape(2, 5, 4, 3))
 print("ok")
 "#;
-    assert_eq!(run_python(check, dir.path()).trim(), "ok");
+    assert_eq!(run_python(check, &[dir.path().to_str().unwrap()]).trim(), "ok");
     // And we read back what we wrote.
     let mut npz = NpzReader::open(&path).unwrap();
     assert!(npz.read("sigma_s").unwrap().equal(&sigma_s));

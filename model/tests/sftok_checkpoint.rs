@@ -1,20 +1,22 @@
 //! SFTok checkpoint I/O: reference key names and parameter counts for B and L, bit-exact save →
-//! load, the legacy key alias, and a strict load of our files by Python torch (oracle).
-
-mod common;
+//! load, the legacy key alias, and a strict load of our files by Python torch (oracle). The tiny
+//! model is the sftok-tiny-stage12 fixture (config and key count from its sidecar).
 
 use sftok_model::checkpoint::{self, StateDict};
 use sftok_model::config::Config;
 use sftok_model::sftok::{LoadedSFTok, SFTok, SFTokConfig, resolve_config};
+use sftok_testkit_tch::{self as tk, Sidecar};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, nn};
 
+const TINY: &str = "sftok-tiny-stage12";
+
 fn reference_config(file: &str) -> Config {
-    Config::load(&common::repo_root().join("configs").join(file), &[]).unwrap()
+    Config::load(&tk::repo_root().join("configs").join(file), &[]).unwrap()
 }
 
 fn key_file(name: &str) -> BTreeMap<String, Vec<i64>> {
-    let text = std::fs::read_to_string(common::repo_root().join("../shared/spec/keys").join(name)).unwrap();
+    let text = std::fs::read_to_string(tk::spec_dir().join("keys").join(name)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -49,13 +51,13 @@ fn sftok_b_and_l_have_the_reference_keys_shapes_and_parameter_counts() {
 }
 
 fn tiny_from_fixture(dir: &std::path::Path) -> (nn::VarStore, Config, StateDict) {
-    let side = common::sidecar("sftok-tiny-stage12");
-    let mut tree = side["config"].clone();
-    tree["model"]["size_tables"] = side["size_tables"].clone();
+    let side = Sidecar::load(TINY);
+    let mut tree = side.config().clone();
+    tree["model"]["size_tables"] = side.at("/size_tables").clone();
     let cfg = Config::from_yaml_str(&tree.to_string(), &[]).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let _m = SFTok::new(&vs.root(), &SFTokConfig::from_config(&cfg).unwrap());
-    let fx = checkpoint::read(&common::fixtures().join("sftok-tiny-stage12/sftok-tiny-stage12.safetensors")).unwrap();
+    let fx = checkpoint::read(&tk::safetensors_path(TINY)).unwrap();
     let sd = fx.strip_prefix("weights.");
     checkpoint::load_into(&vs, &sd, true).unwrap();
     LoadedSFTok::save_dir(&vs, &cfg, dir).unwrap();
@@ -129,18 +131,21 @@ print("OK", len(ref))
 fn python_torch_loads_our_checkpoint_strictly() {
     let dir = tempfile::tempdir().unwrap();
     tiny_from_fixture(dir.path());
-    let out = common::python()
+    let out = tk::python()
         .arg("-c")
         .arg(PY_STRICT_LOAD)
         .arg(dir.path().join("model.safetensors"))
-        .arg(common::fixtures().join("sftok-tiny-stage12/sftok-tiny-stage12.safetensors"))
+        .arg(tk::safetensors_path(TINY))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("All keys matched successfully") && text.contains("OK 78"), "{text}");
+    let side = Sidecar::load(TINY);
+    let n_weights = side.tensor_names("weights.").len();
+    assert!(text.contains("All keys matched successfully") && text.contains(&format!("OK {n_weights}\n")), "{text}");
     // And the config.json we wrote is the reference layout (an OmegaConf-style tree).
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["model"]["vq_model"]["codebook_size"], 64);
-    assert_eq!(cfg["model"]["decoder"]["num_proxy_codes"], 16);
+    for key in ["/model/vq_model/codebook_size", "/model/decoder/num_proxy_codes", "/model/vq_model/num_latent_tokens"] {
+        assert_eq!(cfg.pointer(key), Some(side.at(&format!("/config{key}"))), "{key}");
+    }
 }

@@ -1,8 +1,8 @@
 //! SFTok vs ../shared/fixtures/sftok-tiny-stage12 and sftok-tiny-stage3 (reference outputs at tiny
 //! sizes): encoder, quantizer, decoder in every masking mode, seeded generate, losses, gradients,
 //! stage-3 soft path. Discrete outputs must match exactly, floats within the sidecar tolerances.
-
-mod common;
+//! Seeds, loss weights and the gradient set come from the sidecars (`seeds`, `config.losses`,
+//! `tensors`), so another fixture set runs through the same tests (`SFTOK_FIXTURES`).
 
 use sftok_model::checkpoint::{self, StateDict};
 use sftok_model::config::Config;
@@ -10,53 +10,68 @@ use sftok_model::losses::masked_token_ce;
 use sftok_model::multistep_decoder::DecoderInput;
 use sftok_model::sftok::{SFTok, SFTokConfig};
 use sftok_model::vqgan::VqganConfig;
-use std::collections::HashMap;
+use sftok_testkit_tch::{self as tk, Bound};
+use std::collections::BTreeSet;
+use std::ops::Deref;
 use tch::{Device, Kind, Tensor, nn};
 
 struct Fixture {
-    side: serde_json::Value,
-    t: HashMap<String, Tensor>,
+    fx: tk::Fixture,
     vs: nn::VarStore,
     model: SFTok,
 }
 
+/// The fixture's tensors and sidecar (`f.t`, `f.side`, `f.assert_close(..)`, …).
+impl Deref for Fixture {
+    type Target = tk::Fixture;
+    fn deref(&self) -> &tk::Fixture {
+        &self.fx
+    }
+}
+
 fn build(name: &str) -> Fixture {
-    let side = common::sidecar(name);
-    let t = common::load_fixture(name);
+    let fx = tk::Fixture::load(name);
+    let side = &fx.side;
     // The sidecar's config is the reference's OmegaConf tree: parse it with our config loader.
-    let mut tree = side["config"].clone();
-    tree["model"]["size_tables"] = side["size_tables"].clone();
+    let mut tree = side.config().clone();
+    tree["model"]["size_tables"] = side.at("/size_tables").clone();
     let cfg = Config::from_yaml_str(&tree.to_string(), &[]).expect("fixture config parses");
     let mut scfg = SFTokConfig::from_config(&cfg).unwrap();
-    if let Some(p) = side.get("pixel_decoder_config") {
-        let i = |k: &str| p[k].as_i64().unwrap();
+    if side["pixel_decoder_config"].is_object() {
+        let i = |k: &str| side.i64_at(&format!("/pixel_decoder_config/{k}"));
         scfg.pixel_decoder = Some(VqganConfig {
             num_channels: i("num_channels"),
             hidden_channels: i("hidden_channels"),
-            channel_mult: p["channel_mult"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect(),
+            channel_mult: side.at("/pixel_decoder_config/channel_mult").as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect(),
             num_res_blocks: i("num_res_blocks"),
             z_channels: i("z_channels"),
-            num_embeddings: 1024,
+            num_embeddings: side.i64_at("/pixel_quantize/num_embeddings"),
         });
     }
     let vs = nn::VarStore::new(Device::Cpu);
     let model = SFTok::new(&vs.root(), &scfg);
-    let sd = StateDict { tensors: t.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect() }.strip_prefix("weights.");
+    let sd = StateDict { tensors: fx.with_prefix("weights.") };
     checkpoint::load_into(&vs, &sd, true).expect("strict load of the fixture weights");
-    Fixture { side, t, vs, model }
+    Fixture { fx, vs, model }
 }
 
 impl Fixture {
     fn close(&self, key: &str, got: &Tensor) {
-        common::assert_close(&self.side, key, got, &self.t[key]);
+        self.assert_close(key, got);
     }
     fn exact(&self, key: &str, got: &Tensor) {
-        let e = &self.t[key];
-        assert_eq!(got.size(), e.size(), "{key} shape");
-        assert!(got.to_kind(e.kind()).equal(e), "{key}: differs from the reference\n got {got}\n expected {e}");
+        self.assert_exact(key, got);
     }
     fn scalar_close(&self, key: &str, got: &Tensor) {
         self.close(key, &got.reshape([]));
+    }
+    /// `seeds[name]` of the sidecar, set as libtorch's seed.
+    fn seed(&self, name: &str) {
+        tch::manual_seed(self.side.seed(name));
+    }
+    /// `config.losses.<key>`.
+    fn loss_param(&self, key: &str) -> f64 {
+        self.side.f64_at(&format!("/config/losses/{key}"))
     }
     /// Steps 1–2 of both fixtures: encoder output, then the quantizer's latent and indices.
     fn check_encoder_and_quantizer(&self) -> sftok_model::optvq::QuantizerOutput {
@@ -72,7 +87,7 @@ impl Fixture {
 
 #[test]
 fn stage12_forward_paths_match_the_reference() {
-    let _rng = common::rng_lock();
+    let _rng = tk::rng_lock();
     let f = build("sftok-tiny-stage12");
     let m = &f.model;
     let x = &f.t["input.x"];
@@ -90,20 +105,20 @@ fn stage12_forward_paths_match_the_reference() {
         let out = m.forward(x, codes, &DecoderInput::MaskAll);
         f.close("expect.forward.maskall.logits", &out.logits);
         f.exact("expect.forward.maskall.masks", &out.masks);
-        // 5. random masking (seed 1234)
-        tch::manual_seed(1234);
+        // 5. random masking
+        f.seed("train_mask");
         let out = m.forward(x, codes, &DecoderInput::Random(None));
         f.exact("expect.forward.randmask.masks", &out.masks);
         f.exact("expect.forward.randmask.ids", &out.ids);
         f.close("expect.forward.randmask.logits", &out.logits);
-        // 6. guided masking (seed 1235)
-        tch::manual_seed(1235);
+        // 6. guided masking
+        f.seed("guided");
         let out = m.forward(x, codes, &DecoderInput::Random(Some(&f.t["input.guided_mask"])));
         f.exact("expect.forward.guided.masks", &out.masks);
         f.exact("expect.forward.guided.ids", &out.ids);
         f.close("expect.forward.guided.logits", &out.logits);
-        // 7. iterative decoding (seed 1238)
-        tch::manual_seed(1238);
+        // 7. iterative decoding
+        f.seed("generate");
         let dec = m.decode_tokens(&f.t["expect.quantize.min_encoding_indices"]);
         assert!(dec.image.is_none());
         f.exact("expect.generate.step_input_ids", &dec.generated.step_input_ids);
@@ -114,14 +129,16 @@ fn stage12_forward_paths_match_the_reference() {
 
 #[test]
 fn stage12_losses_and_gradients_match_the_reference() {
-    let _rng = common::rng_lock();
+    let _rng = tk::rng_lock();
     let f = build("sftok-tiny-stage12");
     let m = &f.model;
     let x = &f.t["input.x"];
     let codes = &f.t["input.proxy_codes"];
+    let (label_smoothing, unmasked_weight) = (f.loss_param("label_smoothing"), f.loss_param("loss_weight_unmasked_token"));
+    let quantizer_weight = f.loss_param("quantizer_weight");
     let loss_of = |out: &sftok_model::sftok::ForwardOutput| {
-        let rec = masked_token_ce(&out.logits, codes, &out.masks, 0.0, 0.1);
-        let total = &rec + &out.quant.quantizer_loss * 1.0;
+        let rec = masked_token_ce(&out.logits, codes, &out.masks, label_smoothing, unmasked_weight);
+        let total = &rec + &out.quant.quantizer_loss * quantizer_weight;
         (rec, total)
     };
     // 8. stage-1 loss (everything masked)
@@ -130,8 +147,8 @@ fn stage12_losses_and_gradients_match_the_reference() {
         let (rec, total) = loss_of(&out);
         f.scalar_close("expect.train_s1.reconstruction_loss", &rec);
         f.scalar_close("expect.train_s1.total_loss", &total);
-        // 9. stage-2 step values: guidance pass, then the guided forward (seed 1238)
-        tch::manual_seed(1238);
+        // 9. stage-2 step values: guidance pass, then the guided forward
+        f.seed("train_s2");
         let g = m.generate_guided_mask(x, codes);
         let out = m.forward(x, codes, &DecoderInput::Random(Some(&g)));
         f.exact("expect.train_s2.masks", &out.masks);
@@ -140,8 +157,8 @@ fn stage12_losses_and_gradients_match_the_reference() {
         f.scalar_close("expect.train_s2.reconstruction_loss", &rec);
         f.scalar_close("expect.train_s2.total_loss", &total);
     });
-    // 10. gradient step (seed 1237): every parameter's gradient
-    tch::manual_seed(1237);
+    // 10. gradient step: every parameter's gradient
+    f.seed("train_step");
     let out = m.forward(x, codes, &DecoderInput::Random(None));
     f.exact("expect.train.masks", &out.masks);
     f.exact("expect.train.ids", &out.ids);
@@ -152,25 +169,26 @@ fn stage12_losses_and_gradients_match_the_reference() {
     f.scalar_close("expect.train.codebook_loss", &out.quant.codebook_loss);
     f.scalar_close("expect.train.total_loss", &total);
     total.backward();
-    let mut checked = 0;
+    // Every floating-point parameter has a stored gradient, and every stored gradient is compared
+    // (the int64 `quantize.index_offset` buffer has none).
+    let mut checked = BTreeSet::new();
     for (name, var) in f.vs.variables() {
         if var.kind() == Kind::Int64 {
-            continue; // quantize.index_offset buffer
+            continue;
         }
         let key = format!("grad.{name}");
         let grad = var.grad();
         assert!(grad.defined(), "{name} received no gradient");
-        let tol = f.side["tolerances"][&key]["suggested_atol"].as_f64().unwrap_or_else(|| panic!("no tolerance for {key}"));
-        let d = common::max_abs_diff(&grad, &f.t[&key]);
-        assert!(d <= tol, "{key}: max abs diff {d:e} > {tol:e}");
-        checked += 1;
+        tk::assert_within(&f.side, &key, Bound::Atol, &grad, f.get(&key));
+        checked.insert(key);
     }
-    assert_eq!(checked, 77, "every parameter's gradient is compared");
+    let stored: BTreeSet<String> = f.side.tensor_names("grad.").into_iter().collect();
+    assert_eq!(checked, stored, "the compared gradients are exactly the fixture's grad.* tensors");
 }
 
 #[test]
 fn stage3_soft_path_and_generate_match_the_reference() {
-    let _rng = common::rng_lock();
+    let _rng = tk::rng_lock();
     let f = build("sftok-tiny-stage3");
     let m = &f.model;
     let x = &f.t["input.x"];
@@ -179,14 +197,14 @@ fn stage3_soft_path_and_generate_match_the_reference() {
         f.check_encoder_and_quantizer();
         let g = m.generate_guided_mask(x, codes);
         f.close("expect.forward.guidance_logits", &g);
-        tch::manual_seed(2234);
+        f.seed("s3_forward");
         let out = m.forward(x, codes, &DecoderInput::Random(Some(&g)));
         f.exact("expect.forward.masks", &out.masks);
         f.exact("expect.forward.ids", &out.ids);
         f.close("expect.forward.logits", &out.logits);
         f.close("expect.forward.soft_embedding", &m.soft_embedding(&out.logits));
         f.close("expect.forward.decoded_img", out.decoded_img.as_ref().unwrap());
-        tch::manual_seed(2236);
+        f.seed("s3_generate");
         let dec = m.decode_tokens(&f.t["expect.quantize.min_encoding_indices"]);
         f.exact("expect.generate.step_input_ids", &dec.generated.step_input_ids);
         f.exact("expect.generate.ids", &dec.generated.ids);

@@ -1,48 +1,47 @@
-//! MaskGIT-VQGAN teacher vs ../shared/fixtures/maskgit-vqgan-tiny (reference outputs).
-
-mod common;
+//! MaskGIT-VQGAN teacher vs ../shared/fixtures/maskgit-vqgan-tiny (reference outputs); sizes from
+//! the sidecar (`config`, `quantizer`, `tensors`).
 
 use sftok_model::checkpoint::{self, StateDict};
 use sftok_model::vqgan::{MaskgitVqgan, VqganConfig};
+use sftok_testkit_tch::{self as tk, Sidecar};
 use tch::nn::{self, Module};
 use tch::{Device, Kind};
 
-fn tiny_config(sidecar: &serde_json::Value) -> VqganConfig {
-    let c = &sidecar["config"];
-    let i = |k: &str| c[k].as_i64().unwrap();
+fn tiny_config(side: &Sidecar) -> VqganConfig {
+    let i = |k: &str| side.i64_at(&format!("/config/{k}"));
     VqganConfig {
         num_channels: i("num_channels"),
         hidden_channels: i("hidden_channels"),
-        channel_mult: c["channel_mult"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect(),
+        channel_mult: side.at("/config/channel_mult").as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect(),
         num_res_blocks: i("num_res_blocks"),
         z_channels: i("z_channels"),
-        num_embeddings: 1024,
+        num_embeddings: side.i64_at("/quantizer/num_embeddings"),
     }
 }
 
 #[test]
 fn tiny_teacher_matches_the_reference() {
-    let name = "maskgit-vqgan-tiny";
-    let side = common::sidecar(name);
-    let fx = common::load_fixture(name);
+    let fx = tk::Fixture::load("maskgit-vqgan-tiny");
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = MaskgitVqgan::new(&vs.root(), &tiny_config(&side));
-    let sd = StateDict { tensors: fx.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect() }.strip_prefix("weights.");
-    assert_eq!(sd.tensors.len(), 168);
-    checkpoint::load_into(&vs, &sd, true).unwrap(); // strict: exactly the reference's 168 keys
+    let model = MaskgitVqgan::new(&vs.root(), &tiny_config(&fx.side));
+    let sd = StateDict { tensors: fx.with_prefix("weights.") };
+    // Strict: exactly the reference's keys, as many as the sidecar lists.
+    assert_eq!(sd.tensors.len(), fx.side.tensor_names("weights.").len());
+    assert_eq!(vs.variables().len(), sd.tensors.len());
+    checkpoint::load_into(&vs, &sd, true).unwrap();
 
-    let x = &fx["input.x"];
+    let x = fx.get("input.x");
     let feats = tch::no_grad(|| model.encoder.forward(x));
-    common::assert_close(&side, "expect.encoder.features", &feats, &fx["expect.encoder.features"]);
+    fx.assert_close("expect.encoder.features", &feats);
     let (z_q, _) = model.quantize.forward(&feats);
-    common::assert_close(&side, "expect.quantize.z_q", &z_q, &fx["expect.quantize.z_q"]);
+    fx.assert_close("expect.quantize.z_q", &z_q);
     let codes = model.encode(x);
     assert_eq!(codes.kind(), Kind::Int64);
-    assert!(codes.equal(&fx["expect.codes"]), "codes differ from the reference");
-    common::assert_close(&side, "expect.decoded", &model.decode(&codes).unwrap(), &fx["expect.decoded"]);
-    common::assert_close(&side, "expect.decoded_raw", &model.decode_raw(&codes).unwrap(), &fx["expect.decoded_raw"]);
-    let given = model.decode(&fx["input.codes_given"]).unwrap();
-    common::assert_close(&side, "expect.decoded_given", &given, &fx["expect.decoded_given"]);
+    fx.assert_exact("expect.codes", &codes);
+    fx.assert_close("expect.decoded", &model.decode(&codes).unwrap());
+    fx.assert_close("expect.decoded_raw", &model.decode_raw(&codes).unwrap());
+    let given = model.decode(fx.get("input.codes_given")).unwrap();
+    fx.assert_close("expect.decoded_given", &given);
 }
 
 #[test]
@@ -50,7 +49,7 @@ fn full_size_teacher_has_the_reference_keys_and_parameter_count() {
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = MaskgitVqgan::new(&vs.root(), &VqganConfig::default());
     let keys: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(common::repo_root().join("../shared/spec/keys/maskgit-vqgan.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tk::spec_dir().join("keys/maskgit-vqgan.json")).unwrap()).unwrap();
     let vars = vs.variables();
     let mut ours: Vec<&String> = vars.keys().collect();
     ours.sort();

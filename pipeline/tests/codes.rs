@@ -1,8 +1,6 @@
 //! Proxy-code Parquet files: pyarrow (oracle) reads what CodeWriter wrote with the exact schema
 //! and metadata; ProxyCodeStore reads back what was written and what pyarrow wrote.
 
-mod common;
-
 use sftok_pipeline::codes::{CodeMeta, CodeWriter, ProxyCodeStore, code_file_name};
 use sftok_pipeline::view::{View, views_for};
 
@@ -63,7 +61,7 @@ fn pyarrow_reads_our_file_with_the_exact_schema_and_metadata_and_the_store_round
     assert_eq!(w.finish().unwrap(), images * 4);
     assert!(!dir.path().join("train-000003.parquet.tmp").exists());
 
-    let out = common::run_python(CHECK, &[path.to_str().unwrap(), &n.to_string()]);
+    let out = sftok_testkit::run_python(CHECK, &[path.to_str().unwrap(), &n.to_string()]);
     let got: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got["rows"], images * 4);
     assert_eq!(got["row_groups"], 2);
@@ -117,7 +115,7 @@ pq.write_table(t, path)
 fn the_store_reads_a_file_pyarrow_wrote_and_refuses_mixed_settings() {
     let dir = tempfile::tempdir().unwrap();
     let n = 4;
-    common::run_python(PY_WRITE, &[dir.path().join("s-000000.parquet").to_str().unwrap(), &n.to_string()]);
+    sftok_testkit::run_python(PY_WRITE, &[dir.path().join("s-000000.parquet").to_str().unwrap(), &n.to_string()]);
     let store = ProxyCodeStore::open(dir.path()).unwrap();
     assert_eq!(store.meta().teacher_sha256, "cd");
     let shard = store.load_shard("s-000000.tar").unwrap().unwrap();

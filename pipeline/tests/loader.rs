@@ -90,7 +90,7 @@ fn jpeg_pixels_are_pils_and_decoding_only_the_needed_rows_changes_nothing() {
     items.push(Item { key: "gray".into(), class: 0, path: gray });
     // And a progressive one (PIL-written): column ranges and early stops work on those too.
     let progressive = tmp.path().join("progressive.jpg");
-    common::run_python(
+    sftok_testkit::run_python(
         "import sys; from PIL import Image; Image.open(sys.argv[1]).save(sys.argv[2], quality=90, progressive=True, subsampling='4:2:0')",
         &[items[0].path.to_str().unwrap(), progressive.to_str().unwrap()],
     );
@@ -99,7 +99,7 @@ fn jpeg_pixels_are_pils_and_decoding_only_the_needed_rows_changes_nothing() {
     let out = tmp.path().join("pil.bin");
     let mut args = vec![out.to_str().unwrap().to_string()];
     args.extend(items.iter().map(|it| it.path.display().to_string()));
-    common::run_python(PIL_DECODE, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    sftok_testkit::run_python(PIL_DECODE, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let pil = std::fs::read(&out).unwrap();
     let ours: Vec<u8> = items.iter().flat_map(|it| decode_rgb(&std::fs::read(&it.path).unwrap()).unwrap().data).collect();
     assert_eq!(ours.len(), pil.len(), "decoded sizes differ from PIL's");

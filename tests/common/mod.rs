@@ -1,13 +1,13 @@
-//! Helpers for the end-to-end tests of the binaries.
-#![allow(dead_code)]
+//! Helpers for the end-to-end tests of the binaries (the binaries, fake ImageNet shards, process
+//! control). Paths, fixtures, sidecars and the Python oracle are in `sftok-testkit-tch` (testkit/).
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+/// The repository root (kept under this name for `train_cli.rs`).
+pub use sftok_testkit_tch::repo_root as repo;
 
 pub fn bin(name: &str) -> Command {
     let path = match name {
@@ -20,12 +20,6 @@ pub fn bin(name: &str) -> Command {
     // The binaries must find libtorch through their rpath alone.
     cmd.env_remove("LD_LIBRARY_PATH");
     cmd
-}
-
-pub fn python() -> Command {
-    let py = repo().join(".venv/bin/python");
-    assert!(py.exists(), "{} missing: run tools/setup.sh (make test does)", py.display());
-    Command::new(py)
 }
 
 /// Runs the command, asserting success (both streams shown otherwise).
@@ -71,16 +65,20 @@ pub fn kill_when_exists(mut child: Child, path: &Path, secs: u64) {
     child.wait().unwrap();
 }
 
-/// The fixture's float16 weights renamed to the state-dict keys, plus a random float16 `fc`
-/// (the fixture has none), as a converted pytorch-fid checkpoint would look.
+/// The fid-inception-f16 fixture's float16 weights renamed to the state-dict keys, plus a random
+/// float16 `fc` (the fixture has none) over the pool3 features, as a converted pytorch-fid
+/// checkpoint would look.
 pub fn write_fid_fixture_weights(path: &Path) {
-    let fixture = repo().join("../shared/fixtures/fid-inception-f16/fid-inception-f16.safetensors");
-    let tensors = tch::Tensor::read_safetensors(&fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
-    let mut sd: Vec<(String, tch::Tensor)> =
-        tensors.into_iter().filter_map(|(k, v)| k.strip_prefix("weights.").map(|n| (n.to_string(), v))).collect();
-    assert!(sd.iter().all(|(_, t)| t.kind() == tch::Kind::Half));
+    use sftok_testkit_tch::{self as tk, Sidecar};
+    use tch::{Device, Kind, Tensor};
+    const FX: &str = "fid-inception-f16";
+    let mut sd: Vec<(String, Tensor)> =
+        tk::load_tensors(FX).into_iter().filter_map(|(k, v)| k.strip_prefix("weights.").map(|n| (n.to_string(), v))).collect();
+    assert!(sd.iter().all(|(_, t)| t.kind() == Kind::Half));
+    let classes = sftok_model::inception::FidInceptionConfig::default().num_classes;
+    let width = Sidecar::load(FX).dim("expect.pytorch_fid.pool3", 1);
     tch::manual_seed(1);
-    sd.push(("fc.weight".into(), (tch::Tensor::randn([1008, 2048], (tch::Kind::Float, tch::Device::Cpu)) * 0.05).to_kind(tch::Kind::Half)));
-    sd.push(("fc.bias".into(), tch::Tensor::zeros([1008], (tch::Kind::Half, tch::Device::Cpu))));
-    tch::Tensor::write_safetensors(&sd, path).unwrap();
+    sd.push(("fc.weight".into(), (Tensor::randn([classes, width], (Kind::Float, Device::Cpu)) * 0.05).to_kind(Kind::Half)));
+    sd.push(("fc.bias".into(), Tensor::zeros([classes], (Kind::Half, Device::Cpu))));
+    Tensor::write_safetensors(&sd, path).unwrap();
 }

@@ -1,23 +1,11 @@
-//! Shared test fixtures: synthetic ImageNet images packed into small webdataset shards, and the
-//! Python oracle (the project venv made by tools/setup.sh).
+//! The pipeline tests' own helpers: synthetic ImageNet images packed into small webdataset shards,
+//! and the PIL/torchvision transform oracle. The Python oracle itself (the project venv) and the
+//! other shared helpers are in `sftok-testkit` (testkit/, without libtorch).
 #![allow(dead_code)] // each test binary uses a different subset
 
 use sftok_pipeline::synth::{SynthOptions, synth_imagenet};
+use sftok_testkit::run_python;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-pub fn python() -> Command {
-    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(py.exists(), "{} is missing: run tools/setup.sh (it makes the Python oracle venv)", py.display());
-    Command::new(py)
-}
-
-/// Runs a Python snippet with arguments; panics with its stderr on failure; returns stdout.
-pub fn run_python(script: &str, args: &[&str]) -> String {
-    let out = python().arg("-c").arg(script).args(args).output().expect("spawn python");
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// One synthetic image: its key (the file stem, no dots), class and JPEG path.
 #[derive(Clone, Debug)]
