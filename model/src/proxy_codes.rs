@@ -11,11 +11,11 @@ use crate::vqgan::{MaskgitVqgan, load_teacher};
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use sftok_pipeline::codes::{CodeMeta, CodeWriter, ProxyCodeStore, code_file_name};
+use sftok_pipeline::fsutil::sha256_file;
 use sftok_pipeline::loader::sources::{Shard, resolve};
 use sftok_pipeline::loader::tar_samples::{TarSample, for_each_sample};
 use sftok_pipeline::transform::{decode_rgb, resize_view_into, resized_size};
 use sftok_pipeline::view::{View, views_for};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
@@ -57,10 +57,8 @@ fn teacher_fingerprint(spec: &str) -> Result<String> {
     if spec.starts_with("random:") {
         return Ok(spec.to_string());
     }
-    let mut f = std::fs::File::open(spec).with_context(|| format!("opening the teacher checkpoint {spec}"))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(format!("{:x}", h.finalize()))
+    let (sha, _) = sha256_file(Path::new(spec)).context("hashing the teacher checkpoint")?;
+    Ok(sha)
 }
 
 /// One image cut into its stored views.

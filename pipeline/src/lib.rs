@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod codes;
 pub mod convert;
+pub mod fsutil;
 pub mod image_dir;
 pub mod imagenet;
 pub mod jpeg;

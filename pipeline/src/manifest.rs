@@ -1,9 +1,10 @@
 //! The per-split manifest (`SHARDS/<split>/manifest.json`) and the per-shard records it is built
 //! from; merging the partial manifests of `--part K/N` runs; verifying shards against a manifest.
 
+use crate::fsutil::{self, sha256_file};
 use crate::imagenet::{Class, Skipped};
 use crate::sniff;
-use crate::wds::{self, read_samples, sha256_file};
+use crate::wds::read_samples;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -104,7 +105,7 @@ impl Manifest {
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_vec_pretty(self)?;
         text.push(b'\n');
-        wds::write_atomic(path, &text)
+        fsutil::write_atomic(path, &text)
     }
 
     pub fn read(path: &Path) -> Result<Manifest> {

@@ -169,7 +169,7 @@ pub fn train(opts: TrainOptions, data: DataFactory) -> Result<TrainSummary> {
     let t = &cfg.training;
     let out = PathBuf::from(&cfg.experiment.output_dir);
     std::fs::create_dir_all(&out).with_context(|| format!("creating experiment.output_dir {}", out.display()))?;
-    crate::checkpoint::write_atomic(&out.join("config.yaml"), |tmp| Ok(std::fs::write(tmp, cfg.to_yaml())?))?;
+    sftok_pipeline::fsutil::write_atomic(&out.join("config.yaml"), cfg.to_yaml().as_bytes())?;
     let autocast = match (t.mixed_precision, opts.device) {
         (MixedPrecision::Bf16, Device::Cuda(_)) => bail!(
             "training.mixed_precision=bf16: tch cannot select a bf16 autocast dtype; use fp16 (the reference's setting) or no"
@@ -434,7 +434,7 @@ fn truncate_jsonl(path: &Path, step: u64) -> Result<()> {
         .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
         .map(|l| format!("{l}\n"))
         .collect();
-    crate::checkpoint::write_atomic(path, |tmp| Ok(std::fs::write(tmp, kept)?))
+    sftok_pipeline::fsutil::write_atomic(path, kept.as_bytes())
 }
 
 fn format_eta(secs: f64) -> String {
