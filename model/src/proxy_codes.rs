@@ -14,6 +14,7 @@ use sftok_pipeline::codes::{CodeMeta, CodeWriter, ProxyCodeStore, code_file_name
 use sftok_pipeline::fsutil::sha256_file;
 use sftok_pipeline::loader::sources::{Shard, resolve};
 use sftok_pipeline::loader::tar_samples::{TarSample, for_each_sample};
+use sftok_pipeline::part::Part;
 use sftok_pipeline::transform::{decode_rgb, resize_view_into, resized_size};
 use sftok_pipeline::view::{View, views_for};
 use std::path::{Path, PathBuf};
@@ -31,8 +32,8 @@ pub struct ProxyCodesRequest {
     pub device: Device,
     /// Views per teacher forward pass.
     pub batch: usize,
-    /// `(k, n)`: this process handles shards i with i % n == k − 1.
-    pub part: (usize, usize),
+    /// The shards this process handles.
+    pub part: Part,
 }
 
 #[derive(Debug, Default)]
@@ -146,15 +147,11 @@ fn code_shard(shard: &Shard, dest: &Path, meta: &CodeMeta, teacher: &MaskgitVqga
 
 /// Shards of this part, the per-shard output files, and whether each is already complete.
 pub fn plan(req: &ProxyCodesRequest) -> Result<Vec<(Shard, PathBuf)>> {
-    let (k, n) = req.part;
-    if n == 0 || k == 0 || k > n {
-        bail!("--part {k}/{n}: expected K/N with 1 ≤ K ≤ N");
-    }
     let shards = resolve(std::slice::from_ref(&req.shards))?;
     Ok(shards
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| i % n == k - 1)
+        .filter(|(i, _)| req.part.contains(*i))
         .map(|(_, s)| {
             let dest = req.out.join(code_file_name(&s.name));
             (s, dest)

@@ -11,6 +11,7 @@ pub mod jpeg_scan;
 pub mod loader;
 pub mod manifest;
 pub mod ordered;
+pub mod part;
 pub mod rng;
 pub mod shard;
 pub mod sniff;

@@ -9,8 +9,9 @@
 use crate::convert::{self, Rgb};
 use crate::fsutil::{self, sha256_file};
 use crate::imagenet::{ClassMap, Skipped, SourceFile, SplitPlan, plan_split};
-use crate::manifest::{self, Manifest, OptionsUsed, Part, ShardEntry, ShardRecord};
+use crate::manifest::{self, Manifest, OptionsUsed, ShardEntry, ShardRecord};
 use crate::ordered::ordered_map;
+use crate::part::Part;
 use crate::sniff::{self, Kind};
 use crate::wds::ShardWriter;
 use anyhow::{Context, Result, anyhow, bail};
@@ -95,7 +96,7 @@ impl<'a> Job<'a> {
         remove_stale(&split_dir, split, n_shards)?;
 
         let indices: Vec<usize> =
-            (0..n_shards).filter(|i| opts.part.as_ref().is_none_or(|p| i % p.of == p.index - 1)).collect();
+            (0..n_shards).filter(|&i| opts.part.is_none_or(|p| p.contains(i))).collect();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.workers.max(1)).build()?;
         let mine = pool.install(|| {
             indices
@@ -207,7 +208,7 @@ impl<'a> Job<'a> {
             split: self.plan.split.clone(),
             options: options_used(self.opts),
             fingerprint: self.fingerprint,
-            part: self.opts.part.clone(),
+            part: self.opts.part,
             planned_shards: self.plan.files.len().div_ceil(self.opts.shard_size),
             planned_samples: self.plan.files.len(),
             class_source: self.classes.source.clone(),

@@ -4,7 +4,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use sftok::progress::Progress;
 use sftok_pipeline::imagenet::class_map;
-use sftok_pipeline::manifest::{self, Part};
+use sftok_pipeline::manifest;
+use sftok_pipeline::part::Part;
 use sftok_pipeline::shard::{Job, ShardOptions, VerifyLevel};
 use sftok_pipeline::loader::LoaderConfig;
 use sftok_pipeline::loader::bench::{BenchOptions, bench_load as run_bench, load1};
@@ -75,7 +76,7 @@ enum Command {
         #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
         quality: u8,
         /// Write only part K of N (1-based): shards i with i mod N = K-1, plus a partial manifest.
-        #[arg(long, value_name = "K/N", value_parser = parse_part)]
+        #[arg(long, value_name = "K/N")]
         part: Option<Part>,
         /// Leave val images without a label out (listed as skipped) instead of stopping.
         #[arg(long)]
@@ -169,8 +170,8 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
         /// Do shards K, K+N, … of this conversion (1-based), e.g. 2/8.
-        #[arg(long, default_value = "1/1")]
-        part: String,
+        #[arg(long, value_name = "K/N", default_value = "1/1")]
+        part: Part,
     },
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-prep doctor --device auto")]
@@ -189,7 +190,7 @@ fn main() {
         }
         Command::Doctor { device } => sftok::doctor(&device),
         Command::ProxyCodes { teacher, shards, out, views, resize_shorter, crop, batch, device, part } => {
-            proxy_codes(teacher, shards, out, views, resize_shorter, crop, batch, &device, &part)
+            proxy_codes(teacher, shards, out, views, resize_shorter, crop, batch, &device, part)
         }
         Command::Shard {
             root,
@@ -245,15 +246,6 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn parse_part(s: &str) -> Result<Part, String> {
-    let (k, n) = s.split_once('/').ok_or("expected K/N, e.g. 1/4")?;
-    let (k, n): (usize, usize) = (k.parse().map_err(|_| "K is not a number")?, n.parse().map_err(|_| "N is not a number")?);
-    if n == 0 || k == 0 || k > n {
-        return Err(format!("part {k}/{n}: need 1 <= K <= N"));
-    }
-    Ok(Part { index: k, of: n })
-}
-
 /// How many skipped files the end-of-run summary lists (all of them are in the manifest).
 const SHOW_SKIPPED: usize = 50;
 
@@ -277,7 +269,7 @@ fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Optio
             classes.classes.len(),
             classes.source,
             job.planned_shards(),
-            opts.part.as_ref().map_or(String::new(), |p| format!(", {mine} in part {}/{}", p.index, p.of)),
+            opts.part.map_or(String::new(), |p| format!(", {mine} in part {p}")),
         );
         for w in job.warnings() {
             eprintln!("warning: {w}");
@@ -467,14 +459,13 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resize_shorter: u32, crop: u32, batch: usize, device: &str, part: &str) -> Result<()> {
+fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resize_shorter: u32, crop: u32, batch: usize, device: &str, part: Part) -> Result<()> {
     use sftok_model::proxy_codes::{ProxyCodesRequest, plan, run};
-    let (k, n) = part.split_once('/').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?))).context("--part: expected K/N, e.g. 1/4")?;
     let device = sftok_model::device::parse_device(device)?;
     if teacher.starts_with("random:") {
         eprintln!("warning: --teacher {teacher}: a randomly initialised teacher (no weights ship with sftok); these codes only exercise the pipeline");
     }
-    let req = ProxyCodesRequest { teacher, shards, out, views, resize_shorter_edge: resize_shorter, crop_size: crop, device, batch, part: (k, n) };
+    let req = ProxyCodesRequest { teacher, shards, out, views, resize_shorter_edge: resize_shorter, crop_size: crop, device, batch, part };
     let todo = plan(&req)?;
     let pending: Vec<_> = todo.iter().filter(|(_, d)| !d.is_file()).collect();
     // Sample counts for the progress bar, from the shards' manifest when there is one.
@@ -485,7 +476,7 @@ fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resi
             .unwrap_or(0)
     };
     let images: u64 = pending.iter().map(|(s, _)| counts(s)).sum();
-    eprintln!("{} shard(s) in part {k}/{n}: {} to do, {} already done; device {}", todo.len(), pending.len(), todo.len() - pending.len(), sftok_model::device::describe(device));
+    eprintln!("{} shard(s) in part {part}: {} to do, {} already done; device {}", todo.len(), pending.len(), todo.len() - pending.len(), sftok_model::device::describe(device));
     let progress = Progress::new("proxy-codes", images * views as u64, "views");
     let t0 = std::time::Instant::now();
     let sum = run(&req, &|n| progress.inc(n))?;
