@@ -12,6 +12,7 @@ pub mod loader;
 pub mod manifest;
 pub mod ordered;
 pub mod part;
+pub mod procstat;
 pub mod rng;
 pub mod shard;
 pub mod sniff;

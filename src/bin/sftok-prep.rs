@@ -6,9 +6,10 @@ use sftok::progress::Progress;
 use sftok_pipeline::imagenet::class_map;
 use sftok_pipeline::manifest;
 use sftok_pipeline::part::Part;
+use sftok_pipeline::procstat::{cpu_seconds, load_average, peak_rss_mb};
 use sftok_pipeline::shard::{Job, ShardOptions, VerifyLevel};
 use sftok_pipeline::loader::LoaderConfig;
-use sftok_pipeline::loader::bench::{BenchOptions, bench_load as run_bench, load1};
+use sftok_pipeline::loader::bench::{BenchOptions, bench_load as run_bench};
 use sftok_pipeline::synth::{SynthOptions, synth_imagenet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -320,27 +321,6 @@ fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Optio
     Ok(())
 }
 
-/// Peak resident memory of this process (VmHWM), in MB.
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
-}
-
-/// User + system CPU time of this process (all threads), from /proc/self/stat in clock ticks;
-/// Linux exposes them at USER_HZ = 100 on every mainstream architecture.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (tick(11) + tick(12)) / 100.0
-}
-
 /// Split folders under `path`: itself if it holds a manifest (full or partial), else its
 /// sub-folders that do.
 fn split_dirs(path: &Path) -> Result<Vec<PathBuf>> {
@@ -440,7 +420,7 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
     let r = &report.loader;
     println!(
         "RESULT load_rust{tag} transform={mode} batch={batch} workers={workers} images={} seconds={:.3} images_per_s={:.1} cpu_s={:.2} images_per_cpu_s={:.1} peak_rss_mb={:.0} load1={:.2}",
-        r.images, r.seconds, r.images_per_s(), r.cpu_s, r.images_per_cpu_s(), report.peak_rss_mb, load1()
+        r.images, r.seconds, r.images_per_s(), r.cpu_s, r.images_per_cpu_s(), report.peak_rss_mb, load_average()
     );
     let rates = [
         ("load_rust_entropy_only", &report.entropy),
@@ -451,7 +431,7 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
         if let Some(d) = rate {
             println!(
                 "RESULT {name}{tag} workers={workers} images={} seconds={:.3} images_per_s={:.1} cpu_s={:.2} images_per_cpu_s={:.1} loader_fraction={:.3} load1={:.2}",
-                d.images, d.seconds, d.images_per_s(), d.cpu_s, d.images_per_cpu_s(), r.images_per_s() / d.images_per_s(), load1()
+                d.images, d.seconds, d.images_per_s(), d.cpu_s, d.images_per_cpu_s(), r.images_per_s() / d.images_per_s(), load_average()
             );
         }
     }
