@@ -3,9 +3,11 @@
 //! semantics (fast_image_resize's CatmullRom convolution: PIL's bicubic is Keys a = −0.5), crops
 //! and horizontal flips.
 
-use anyhow::{Context, Result, bail};
+// Crop geometry (`View`, center-crop offsets) lives in `view`, which imports nothing from here:
+// the dependency runs one way, pixels on top of geometry.
 use crate::jpeg::JpegDecoder;
 use crate::view::View;
+use anyhow::{Context, Result, bail};
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
@@ -133,12 +135,6 @@ pub fn resized_size(width: u32, height: u32, shorter: u32) -> (u32, u32) {
     let (short, long) = (width.min(height) as u64, width.max(height) as u64);
     let new_long = ((shorter as u64 * long) as f64 / short as f64) as u32;
     if width <= height { (shorter, new_long) } else { (new_long, shorter) }
-}
-
-/// torchvision `CenterCrop` offsets: `int(round((H − size) / 2))` with round-half-to-even.
-pub fn center_crop_offsets(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let off = |d: u32| ((d as f64) / 2.0).round_ties_even() as u32;
-    (off(width.saturating_sub(size)), off(height.saturating_sub(size)))
 }
 
 /// Mirrors each row of `width` RGB pixels in place.
@@ -298,12 +294,6 @@ mod tests {
         assert_eq!(resized_size(500, 375, 256), (341, 256)); // 256·500/375 = 341.33
         assert_eq!(resized_size(333, 500, 256), (256, 384)); // 384.38
         assert_eq!(resized_size(256, 256, 256), (256, 256));
-    }
-
-    #[test]
-    fn center_crop_rounds_half_to_even() {
-        assert_eq!(center_crop_offsets(341, 256, 256), (42, 0)); // 85/2 = 42.5 → 42
-        assert_eq!(center_crop_offsets(343, 256, 256), (44, 0)); // 43.5 → 44
     }
 
     #[test]
