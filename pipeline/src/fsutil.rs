@@ -41,7 +41,7 @@ pub fn rename_durably(from: &Path, to: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically and durably (see the module docs).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |tmp| fs::write(tmp, bytes).context("disk full?"))
+    write_atomic_with(path, |tmp| Ok(fs::write(tmp, bytes)?))
 }
 
 /// [`write_atomic`] for writers that want a path rather than bytes (safetensors, zip): `write`
@@ -50,7 +50,7 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     let dir = parent_dir(path);
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = tmp_path(path);
-    write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    write(&tmp).with_context(|| format!("writing {} (disk full?)", tmp.display()))?;
     // fsync flushes the inode whichever descriptor asks, so reopening the finished file is enough.
     File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
     rename_durably(&tmp, path)
