@@ -3,9 +3,6 @@
 
 pub mod flags;
 
-/// sftok-prep still imports `sftok::progress::Progress`; the module itself lives in the pipeline
-/// crate, where the model library can use it too.
-pub use sftok_pipeline::progress;
 
 use anyhow::Result;
 

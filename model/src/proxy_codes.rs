@@ -11,11 +11,12 @@ use crate::vqgan::{MaskgitVqgan, load_teacher};
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use sftok_pipeline::codes::{CodeMeta, CodeWriter, ProxyCodeStore, code_file_name};
+use sftok_pipeline::fsutil::sha256_file;
 use sftok_pipeline::loader::sources::{Shard, resolve};
 use sftok_pipeline::loader::tar_samples::{TarSample, for_each_sample};
+use sftok_pipeline::part::Part;
 use sftok_pipeline::transform::{decode_rgb, resize_view_into, resized_size};
 use sftok_pipeline::view::{View, views_for};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
@@ -31,8 +32,8 @@ pub struct ProxyCodesRequest {
     pub device: Device,
     /// Views per teacher forward pass.
     pub batch: usize,
-    /// `(k, n)`: this process handles shards i with i % n == k − 1.
-    pub part: (usize, usize),
+    /// The shards this process handles.
+    pub part: Part,
 }
 
 #[derive(Debug, Default)]
@@ -57,10 +58,8 @@ fn teacher_fingerprint(spec: &str) -> Result<String> {
     if spec.starts_with("random:") {
         return Ok(spec.to_string());
     }
-    let mut f = std::fs::File::open(spec).with_context(|| format!("opening the teacher checkpoint {spec}"))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(format!("{:x}", h.finalize()))
+    let (sha, _) = sha256_file(Path::new(spec)).context("hashing the teacher checkpoint")?;
+    Ok(sha)
 }
 
 /// One image cut into its stored views.
@@ -148,15 +147,11 @@ fn code_shard(shard: &Shard, dest: &Path, meta: &CodeMeta, teacher: &MaskgitVqga
 
 /// Shards of this part, the per-shard output files, and whether each is already complete.
 pub fn plan(req: &ProxyCodesRequest) -> Result<Vec<(Shard, PathBuf)>> {
-    let (k, n) = req.part;
-    if n == 0 || k == 0 || k > n {
-        bail!("--part {k}/{n}: expected K/N with 1 ≤ K ≤ N");
-    }
     let shards = resolve(std::slice::from_ref(&req.shards))?;
     Ok(shards
         .into_iter()
         .enumerate()
-        .filter(|(i, _)| i % n == k - 1)
+        .filter(|(i, _)| req.part.contains(*i))
         .map(|(_, s)| {
             let dest = req.out.join(code_file_name(&s.name));
             (s, dest)

@@ -279,6 +279,6 @@ impl LoadedSFTok {
     pub fn save_tensors_dir(tensors: impl IntoIterator<Item = (String, Tensor)>, config: &Config, dir: &std::path::Path) -> Result<()> {
         crate::checkpoint::save_tensors(tensors, &dir.join("model.safetensors"))?;
         let json = serde_json::to_string_pretty(config)?;
-        crate::checkpoint::write_atomic(&dir.join("config.json"), |tmp| Ok(std::fs::write(tmp, json)?))
+        sftok_pipeline::fsutil::write_atomic(&dir.join("config.json"), json.as_bytes())
     }
 }

@@ -13,6 +13,7 @@
 //! sha256, image size, resize rule, views per image and the writing tool's version. Files are
 //! written under `<name>.tmp` and renamed, so a crash never leaves a complete-looking file.
 
+use crate::fsutil::{rename_durably, tmp_path};
 use crate::view::View;
 use anyhow::{Context, Result, bail};
 use arrow_array::builder::{BooleanBuilder, FixedSizeListBuilder, StringBuilder, UInt8Builder, UInt16Builder};
@@ -127,7 +128,7 @@ impl CodeWriter {
         if meta.codes_per_image == 0 {
             bail!("codes_per_image must be positive");
         }
-        let tmp = dest.with_extension(format!("{EXT}.tmp"));
+        let tmp = tmp_path(dest);
         let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
@@ -194,12 +195,13 @@ impl CodeWriter {
         Ok(())
     }
 
-    /// Writes the footer, syncs and renames into place; returns the number of rows.
+    /// Writes the footer, syncs and renames into place (`fsutil`'s rule); returns the number of rows.
     pub fn finish(mut self) -> Result<usize> {
         self.flush()?;
         let file = self.writer.into_inner().with_context(|| format!("finishing {}", self.tmp.display()))?;
         file.sync_all().with_context(|| format!("syncing {}", self.tmp.display()))?;
-        fs::rename(&self.tmp, &self.dest).with_context(|| format!("renaming {} into place", self.tmp.display()))?;
+        drop(file);
+        rename_durably(&self.tmp, &self.dest)?;
         Ok(self.rows)
     }
 }

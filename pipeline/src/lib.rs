@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod codes;
 pub mod convert;
+pub mod fsutil;
 pub mod image_dir;
 pub mod imagenet;
 pub mod jpeg;
@@ -10,6 +11,8 @@ pub mod jpeg_scan;
 pub mod loader;
 pub mod manifest;
 pub mod ordered;
+pub mod part;
+pub mod procstat;
 pub mod progress;
 pub mod rng;
 pub mod shard;

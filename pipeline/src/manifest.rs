@@ -1,9 +1,11 @@
 //! The per-split manifest (`SHARDS/<split>/manifest.json`) and the per-shard records it is built
 //! from; merging the partial manifests of `--part K/N` runs; verifying shards against a manifest.
 
+use crate::fsutil::{self, sha256_file};
 use crate::imagenet::{Class, Skipped};
+use crate::part::Part;
 use crate::sniff;
-use crate::wds::{self, read_samples, sha256_file};
+use crate::wds::read_samples;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -48,13 +50,6 @@ pub struct ShardRecord {
     #[serde(flatten)]
     pub entry: ShardEntry,
     pub skipped: Vec<Skipped>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Part {
-    /// 1-based.
-    pub index: usize,
-    pub of: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -104,7 +99,7 @@ impl Manifest {
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_vec_pretty(self)?;
         text.push(b'\n');
-        wds::write_atomic(path, &text)
+        fsutil::write_atomic(path, &text)
     }
 
     pub fn read(path: &Path) -> Result<Manifest> {
@@ -114,7 +109,7 @@ impl Manifest {
 }
 
 pub fn part_manifest_name(part: &Part) -> String {
-    format!("manifest.part-{}-of-{}.json", part.index, part.of)
+    format!("manifest.part-{}-of-{}.json", part.index(), part.of())
 }
 
 pub fn record_path(split_dir: &Path, shard_name: &str) -> PathBuf {
@@ -132,11 +127,11 @@ pub fn merge(split_dir: &Path) -> Result<Manifest> {
             continue;
         }
         let m = Manifest::read(&split_dir.join(&name))?;
-        let part = m.part.clone().with_context(|| format!("{name} has no `part` field"))?;
-        if *of.get_or_insert(part.of) != part.of {
+        let part = m.part.with_context(|| format!("{name} has no `part` field"))?;
+        if *of.get_or_insert(part.of()) != part.of() {
             bail!("{} holds partial manifests of different --part N splits ({name}); remove the stale ones", split_dir.display());
         }
-        parts.insert(part.index, m);
+        parts.insert(part.index(), m);
     }
     let Some(of) = of else {
         bail!("no manifest.part-K-of-N.json in {}: run `sftok-prep shard … --part K/N` first", split_dir.display());

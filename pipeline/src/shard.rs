@@ -2,16 +2,18 @@
 //!
 //! Shard i's content depends only on the plan (sorted files → keys → seeded shuffle → chunks),
 //! so the bytes are the same for any worker count, any `--part` split and any resume point.
-//! Order of writes for crash safety: shard `.tmp` → fsync → rename → per-shard record →
-//! (all shards done) → manifest. A rerun trusts a shard only if its record matches the plan
-//! fingerprint and the file still has the recorded sha256.
+//! Order of writes for crash safety: shard `.tmp` → fsync → rename → directory fsync →
+//! per-shard record → (all shards done) → manifest. A rerun trusts a shard only if its record
+//! matches the plan fingerprint and the file still has the recorded sha256.
 
 use crate::convert::{self, Rgb};
+use crate::fsutil::{self, sha256_file};
 use crate::imagenet::{ClassMap, Skipped, SourceFile, SplitPlan, plan_split};
-use crate::manifest::{self, Manifest, OptionsUsed, Part, ShardEntry, ShardRecord};
+use crate::manifest::{self, Manifest, OptionsUsed, ShardEntry, ShardRecord};
 use crate::ordered::ordered_map;
+use crate::part::Part;
 use crate::sniff::{self, Kind};
-use crate::wds::{self, ShardWriter, sha256_file};
+use crate::wds::ShardWriter;
 use anyhow::{Context, Result, anyhow, bail};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -94,7 +96,7 @@ impl<'a> Job<'a> {
         remove_stale(&split_dir, split, n_shards)?;
 
         let indices: Vec<usize> =
-            (0..n_shards).filter(|i| opts.part.as_ref().is_none_or(|p| i % p.of == p.index - 1)).collect();
+            (0..n_shards).filter(|&i| opts.part.is_none_or(|p| p.contains(i))).collect();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.workers.max(1)).build()?;
         let mine = pool.install(|| {
             indices
@@ -182,8 +184,6 @@ impl<'a> Job<'a> {
             produced?;
             Ok(records)
         })?;
-        // The renames of all shards become durable before the manifest can name them.
-        wds::sync_dir(&self.split_dir)?;
         let processed = items.len();
         drop(items);
         for rec in written {
@@ -208,7 +208,7 @@ impl<'a> Job<'a> {
             split: self.plan.split.clone(),
             options: options_used(self.opts),
             fingerprint: self.fingerprint,
-            part: self.opts.part.clone(),
+            part: self.opts.part,
             planned_shards: self.plan.files.len().div_ceil(self.opts.shard_size),
             planned_samples: self.plan.files.len(),
             class_source: self.classes.source.clone(),
@@ -268,7 +268,7 @@ impl OpenShard {
             skipped: self.skipped,
         };
         // No fsync for records: a resumed run trusts a record only if the shard's sha256 matches it.
-        wds::write_replace(&manifest::record_path(split_dir, &self.name), &serde_json::to_vec_pretty(&rec)?)?;
+        fsutil::write_replace(&manifest::record_path(split_dir, &self.name), &serde_json::to_vec_pretty(&rec)?)?;
         Ok(rec)
     }
 }
@@ -333,7 +333,7 @@ fn fingerprint(options: &OptionsUsed, classes: &ClassMap, plan: &SplitPlan) -> S
         h.update(f.rel.as_bytes());
         h.update(format!("\0{}\0{}\0{}\n", f.size, f.class, f.key));
     }
-    wds::hex(&h.finalize())
+    fsutil::hex(&h.finalize())
 }
 
 enum Prepared {

@@ -13,11 +13,12 @@
 //! luminance texture whose strength varies over the image (smooth "sky" next to detailed
 //! "foliage"), so JPEG sizes (quality 90, 4:2:0) land near ImageNet's ~110 KB average.
 
+use crate::fsutil;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// JPEG quality of the synthetic images (ImageNet's photos are mostly q≈90, 4:2:0).
 const QUALITY: u8 = 90;
@@ -95,7 +96,9 @@ pub fn synth_imagenet(opts: &SynthOptions, on_image: &(dyn Fn() + Sync)) -> Resu
             let (w, h) = pick_size(&mut rng);
             let rgb = render(&mut rng, w, h);
             let jpeg = encode_jpeg(&rgb, w, h)?;
-            write_atomic(&t.path, &jpeg)?;
+            // Not fsynced: a fake tree is cheap to write again; the rename keeps half-written
+            // images out of it.
+            fsutil::write_replace(&t.path, &jpeg)?;
             on_image();
             Ok((jpeg.len() as u64, w, h))
         })
@@ -111,12 +114,6 @@ pub fn synth_imagenet(opts: &SynthOptions, on_image: &(dyn Fn() + Sync)) -> Resu
         mean_width: results.iter().map(|r| r.1 as f64).sum::<f64>() / n,
         mean_height: results.iter().map(|r| r.2 as f64).sum::<f64>() / n,
     })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("JPEG.tmp");
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
 }
 
 /// ImageNet-like non-contiguous image ids, sorted numerically.

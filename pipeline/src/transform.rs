@@ -3,9 +3,11 @@
 //! semantics (fast_image_resize's CatmullRom convolution: PIL's bicubic is Keys a = −0.5), crops
 //! and horizontal flips.
 
-use anyhow::{Context, Result, bail};
+// Crop geometry (`View`, center-crop offsets) lives in `view`, which imports nothing from here:
+// the dependency runs one way, pixels on top of geometry.
 use crate::jpeg::JpegDecoder;
 use crate::view::View;
+use anyhow::{Context, Result, bail};
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
@@ -135,32 +137,6 @@ pub fn resized_size(width: u32, height: u32, shorter: u32) -> (u32, u32) {
     if width <= height { (shorter, new_long) } else { (new_long, shorter) }
 }
 
-/// torchvision `CenterCrop` offsets: `int(round((H − size) / 2))` with round-half-to-even.
-pub fn center_crop_offsets(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let off = |d: u32| ((d as f64) / 2.0).round_ties_even() as u32;
-    (off(width.saturating_sub(size)), off(height.saturating_sub(size)))
-}
-
-/// The `size`×`size` window at (left, top).
-pub fn crop(img: &RgbImage, left: u32, top: u32, size: u32) -> Result<RgbImage> {
-    if left + size > img.width || top + size > img.height {
-        bail!("crop {size}×{size} at ({left}, {top}) does not fit a {}×{} image", img.width, img.height);
-    }
-    let row = img.width as usize * 3;
-    let mut data = Vec::with_capacity(size as usize * size as usize * 3);
-    for y in top..top + size {
-        let start = y as usize * row + left as usize * 3;
-        data.extend_from_slice(&img.data[start..start + size as usize * 3]);
-    }
-    RgbImage::new(size, size, data)
-}
-
-pub fn hflip(img: &RgbImage) -> RgbImage {
-    let mut data = img.data.clone();
-    hflip_rows(&mut data, img.width as usize);
-    RgbImage { width: img.width, height: img.height, data }
-}
-
 /// Mirrors each row of `width` RGB pixels in place.
 pub fn hflip_rows(data: &mut [u8], width: usize) {
     for row in data.chunks_exact_mut(width * 3) {
@@ -275,39 +251,6 @@ pub fn eval_transform(img: &RgbImage, resize_shorter_edge: u32, crop_size: u32) 
     view_transform(img, resize_shorter_edge, crop_size, view)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resize_rule_truncates_like_torchvision() {
-        assert_eq!(resized_size(500, 375, 256), (341, 256)); // 256·500/375 = 341.33
-        assert_eq!(resized_size(333, 500, 256), (256, 384)); // 384.38
-        assert_eq!(resized_size(256, 256, 256), (256, 256));
-    }
-
-    #[test]
-    fn center_crop_rounds_half_to_even() {
-        assert_eq!(center_crop_offsets(341, 256, 256), (42, 0)); // 85/2 = 42.5 → 42
-        assert_eq!(center_crop_offsets(343, 256, 256), (44, 0)); // 43.5 → 44
-    }
-
-    #[test]
-    fn crop_and_flip_move_the_right_pixels() {
-        let data: Vec<u8> = (0..4 * 3 * 3).map(|i| i as u8).collect();
-        let img = RgbImage::new(4, 3, data).unwrap();
-        let c = crop(&img, 1, 1, 2).unwrap();
-        assert_eq!(&c.data[..3], &img.data[(4 + 1) * 3..(4 + 1) * 3 + 3]);
-        let f = hflip(&img);
-        assert_eq!(&f.data[..3], &img.data[9..12]);
-        assert_eq!(hflip(&f), img);
-        // Odd width: the middle pixel stays, the outer ones swap.
-        let odd = RgbImage::new(3, 1, (0..9).collect()).unwrap();
-        assert_eq!(hflip(&odd).data, [6, 7, 8, 3, 4, 5, 0, 1, 2]);
-        assert!(crop(&img, 3, 0, 2).is_err());
-    }
-}
-
 /// Tiles images into rows (each row left to right) with `gap` black pixels between cells.
 pub fn grid(rows: &[Vec<&RgbImage>], gap: u32) -> RgbImage {
     let cell_w = rows.iter().flatten().map(|i| i.width).max().unwrap_or(0);
@@ -340,4 +283,34 @@ pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
         image::ExtendedColorType::Rgb8,
     )?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_rule_truncates_like_torchvision() {
+        assert_eq!(resized_size(500, 375, 256), (341, 256)); // 256·500/375 = 341.33
+        assert_eq!(resized_size(333, 500, 256), (256, 384)); // 384.38
+        assert_eq!(resized_size(256, 256, 256), (256, 256));
+    }
+
+    #[test]
+    fn unresized_views_crop_and_flip_the_right_pixels() {
+        // Resized size = image size: `resize_view_into` is a plain crop, then the flip.
+        let img = RgbImage::new(4, 3, (0..4 * 3 * 3).collect()).unwrap();
+        let cut = |x, y, flip| {
+            let mut out = vec![0; 2 * 2 * 3];
+            resize_view_into(&img, (4, 3), 2, View::at(x, y, flip).unwrap(), &mut out).map(|()| out)
+        };
+        let px = |x: usize, y: usize| img.data[(y * 4 + x) * 3..(y * 4 + x + 1) * 3].to_vec();
+        assert_eq!(cut(1, 1, false).unwrap(), [px(1, 1), px(2, 1), px(1, 2), px(2, 2)].concat());
+        assert_eq!(cut(1, 1, true).unwrap(), [px(2, 1), px(1, 1), px(2, 2), px(1, 2)].concat());
+        assert!(cut(3, 0, false).is_err());
+        // Odd width: the middle pixel stays, the outer ones swap.
+        let mut odd: Vec<u8> = (0..9).collect();
+        hflip_rows(&mut odd, 3);
+        assert_eq!(odd, [6, 7, 8, 3, 4, 5, 0, 1, 2]);
+    }
 }

@@ -1,10 +1,18 @@
 //! Which `crop × crop` window of the resized image a sample shows, and whether it is mirrored.
 //! One struct describes both the loader's random train crops and the views stored with proxy
 //! codes, so pixels and codes can only correspond if they were cut with the same `View`.
+//!
+//! Pure geometry on sizes: nothing here touches pixels, so `transform` builds on this module and
+//! never the other way round.
 
 use crate::rng::Rng;
-use crate::transform::center_crop_offsets;
 use anyhow::{Result, bail};
+
+/// torchvision `CenterCrop` offsets: `int(round((H − size) / 2))` with round-half-to-even.
+pub fn center_crop_offsets(width: u32, height: u32, size: u32) -> (u32, u32) {
+    let off = |d: u32| ((d as f64) / 2.0).round_ties_even() as u32;
+    (off(width.saturating_sub(size)), off(height.saturating_sub(size)))
+}
 
 /// A crop window (top-left corner, in pixels of the *resized* image) plus a horizontal flip
 /// applied after the crop.
@@ -88,6 +96,12 @@ pub fn views_for(resized_w: u32, resized_h: u32, crop: u32, v: usize) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn center_crop_rounds_half_to_even() {
+        assert_eq!(center_crop_offsets(341, 256, 256), (42, 0)); // 85/2 = 42.5 → 42
+        assert_eq!(center_crop_offsets(343, 256, 256), (44, 0)); // 43.5 → 44
+    }
 
     #[test]
     fn ten_views_are_five_offsets_along_the_long_side_times_two_flips() {

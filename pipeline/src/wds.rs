@@ -1,9 +1,10 @@
 //! webdataset tar shards: safe keys, a deterministic streaming writer that only ever shows a
 //! complete file under the final name, and a streaming reader for verification.
 
+use crate::fsutil::{hex, rename_durably, tmp_path};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -45,7 +46,7 @@ pub struct ShardSummary {
     pub last_key: Option<String>,
 }
 
-/// Writes `<dest>.tmp`, then fsync + rename to `dest` in `finish`. Headers are fixed (mode 0644,
+/// Writes `<dest>.tmp`, then fsync + rename (+ directory fsync) to `dest` in `finish`. Headers are fixed (mode 0644,
 /// mtime 0, uid/gid 0, no user names) so the bytes depend only on the samples.
 pub struct ShardWriter {
     builder: tar::Builder<HashingWriter<BufWriter<File>>>,
@@ -95,9 +96,7 @@ impl ShardWriter {
         let file = inner.into_inner().map_err(|e| e.into_error()).with_context(ctx)?;
         file.sync_all().with_context(ctx)?;
         drop(file);
-        // The directory is synced once per run, before the manifest (see `shard`), not per shard.
-        fs::rename(&self.tmp, &self.dest)
-            .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.dest.display()))?;
+        rename_durably(&self.tmp, &self.dest)?;
         Ok(ShardSummary {
             count: self.count,
             bytes,
@@ -106,56 +105,6 @@ impl ShardWriter {
             last_key: self.last_key,
         })
     }
-}
-
-pub fn tmp_path(dest: &Path) -> PathBuf {
-    let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    dest.with_file_name(name)
-}
-
-/// fsync of a directory, so a rename in it survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
-}
-
-/// Writes `bytes` to `path` atomically (temp name, fsync, rename, directory fsync).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {} (disk full?)", tmp.display()))?;
-    drop(f);
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// Replaces `path` with `bytes` (temp name + rename, so readers never see a partial file) without
-/// waiting for the disk: for files whose loss a later run detects and repairs.
-pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    fs::write(&tmp, bytes).with_context(|| format!("writing {} (disk full?)", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// (sha256, size) of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n_total = 0u64;
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        n_total += n as u64;
-    }
-    Ok((hex(&hasher.finalize()), n_total))
 }
 
 /// One sample read back: its key and `(extension, bytes)` members in file order.
@@ -214,6 +163,8 @@ pub fn read_samples(path: &Path, f: impl FnMut(Sample) -> Result<()>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fsutil::sha256_file;
+    use std::fs;
 
     #[test]
     fn keys_lose_dots_spaces_and_separators_but_keep_letters() {

@@ -2,12 +2,14 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use sftok::progress::Progress;
+use sftok_pipeline::progress::Progress;
 use sftok_pipeline::imagenet::class_map;
-use sftok_pipeline::manifest::{self, Part};
+use sftok_pipeline::manifest;
+use sftok_pipeline::part::Part;
+use sftok_pipeline::procstat::{cpu_seconds, load_average, peak_rss_mb};
 use sftok_pipeline::shard::{Job, ShardOptions, VerifyLevel};
 use sftok_pipeline::loader::LoaderConfig;
-use sftok_pipeline::loader::bench::{BenchOptions, bench_load as run_bench, load1};
+use sftok_pipeline::loader::bench::{BenchOptions, bench_load as run_bench};
 use sftok_pipeline::synth::{SynthOptions, synth_imagenet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -75,7 +77,7 @@ enum Command {
         #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
         quality: u8,
         /// Write only part K of N (1-based): shards i with i mod N = K-1, plus a partial manifest.
-        #[arg(long, value_name = "K/N", value_parser = parse_part)]
+        #[arg(long, value_name = "K/N")]
         part: Option<Part>,
         /// Leave val images without a label out (listed as skipped) instead of stopping.
         #[arg(long)]
@@ -169,8 +171,8 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
         /// Do shards K, K+N, … of this conversion (1-based), e.g. 2/8.
-        #[arg(long, default_value = "1/1")]
-        part: String,
+        #[arg(long, value_name = "K/N", default_value = "1/1")]
+        part: Part,
     },
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-prep doctor --device auto")]
@@ -189,7 +191,7 @@ fn main() {
         }
         Command::Doctor { device } => sftok::doctor(&device),
         Command::ProxyCodes { teacher, shards, out, views, resize_shorter, crop, batch, device, part } => {
-            proxy_codes(teacher, shards, out, views, resize_shorter, crop, batch, &device, &part)
+            proxy_codes(teacher, shards, out, views, resize_shorter, crop, batch, &device, part)
         }
         Command::Shard {
             root,
@@ -245,15 +247,6 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn parse_part(s: &str) -> Result<Part, String> {
-    let (k, n) = s.split_once('/').ok_or("expected K/N, e.g. 1/4")?;
-    let (k, n): (usize, usize) = (k.parse().map_err(|_| "K is not a number")?, n.parse().map_err(|_| "N is not a number")?);
-    if n == 0 || k == 0 || k > n {
-        return Err(format!("part {k}/{n}: need 1 <= K <= N"));
-    }
-    Ok(Part { index: k, of: n })
-}
-
 /// How many skipped files the end-of-run summary lists (all of them are in the manifest).
 const SHOW_SKIPPED: usize = 50;
 
@@ -277,7 +270,7 @@ fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Optio
             classes.classes.len(),
             classes.source,
             job.planned_shards(),
-            opts.part.as_ref().map_or(String::new(), |p| format!(", {mine} in part {}/{}", p.index, p.of)),
+            opts.part.map_or(String::new(), |p| format!(", {mine} in part {p}")),
         );
         for w in job.warnings() {
             eprintln!("warning: {w}");
@@ -326,27 +319,6 @@ fn shard(opts: &ShardOptions, split: SplitArg, strict: bool, bench_result: Optio
         bail!("{skipped_total} file(s) skipped and --strict is set (they are listed above and in the manifest)");
     }
     Ok(())
-}
-
-/// Peak resident memory of this process (VmHWM), in MB.
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
-}
-
-/// User + system CPU time of this process (all threads), from /proc/self/stat in clock ticks;
-/// Linux exposes them at USER_HZ = 100 on every mainstream architecture.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (tick(11) + tick(12)) / 100.0
 }
 
 /// Split folders under `path`: itself if it holds a manifest (full or partial), else its
@@ -448,7 +420,7 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
     let r = &report.loader;
     println!(
         "RESULT load_rust{tag} transform={mode} batch={batch} workers={workers} images={} seconds={:.3} images_per_s={:.1} cpu_s={:.2} images_per_cpu_s={:.1} peak_rss_mb={:.0} load1={:.2}",
-        r.images, r.seconds, r.images_per_s(), r.cpu_s, r.images_per_cpu_s(), report.peak_rss_mb, load1()
+        r.images, r.seconds, r.images_per_s(), r.cpu_s, r.images_per_cpu_s(), report.peak_rss_mb, load_average()
     );
     let rates = [
         ("load_rust_entropy_only", &report.entropy),
@@ -459,7 +431,7 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
         if let Some(d) = rate {
             println!(
                 "RESULT {name}{tag} workers={workers} images={} seconds={:.3} images_per_s={:.1} cpu_s={:.2} images_per_cpu_s={:.1} loader_fraction={:.3} load1={:.2}",
-                d.images, d.seconds, d.images_per_s(), d.cpu_s, d.images_per_cpu_s(), r.images_per_s() / d.images_per_s(), load1()
+                d.images, d.seconds, d.images_per_s(), d.cpu_s, d.images_per_cpu_s(), r.images_per_s() / d.images_per_s(), load_average()
             );
         }
     }
@@ -467,14 +439,13 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resize_shorter: u32, crop: u32, batch: usize, device: &str, part: &str) -> Result<()> {
+fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resize_shorter: u32, crop: u32, batch: usize, device: &str, part: Part) -> Result<()> {
     use sftok_model::proxy_codes::{ProxyCodesRequest, plan, run};
-    let (k, n) = part.split_once('/').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?))).context("--part: expected K/N, e.g. 1/4")?;
     let device = sftok_model::device::parse_device(device)?;
     if teacher.starts_with("random:") {
         eprintln!("warning: --teacher {teacher}: a randomly initialised teacher (no weights ship with sftok); these codes only exercise the pipeline");
     }
-    let req = ProxyCodesRequest { teacher, shards, out, views, resize_shorter_edge: resize_shorter, crop_size: crop, device, batch, part: (k, n) };
+    let req = ProxyCodesRequest { teacher, shards, out, views, resize_shorter_edge: resize_shorter, crop_size: crop, device, batch, part };
     let todo = plan(&req)?;
     let pending: Vec<_> = todo.iter().filter(|(_, d)| !d.is_file()).collect();
     // Sample counts for the progress bar, from the shards' manifest when there is one.
@@ -485,7 +456,7 @@ fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resi
             .unwrap_or(0)
     };
     let images: u64 = pending.iter().map(|(s, _)| counts(s)).sum();
-    eprintln!("{} shard(s) in part {k}/{n}: {} to do, {} already done; device {}", todo.len(), pending.len(), todo.len() - pending.len(), sftok_model::device::describe(device));
+    eprintln!("{} shard(s) in part {part}: {} to do, {} already done; device {}", todo.len(), pending.len(), todo.len() - pending.len(), sftok_model::device::describe(device));
     let progress = Progress::new("proxy-codes", images * views as u64, "views");
     let t0 = std::time::Instant::now();
     let sum = run(&req, &|n| progress.inc(n))?;

@@ -9,6 +9,7 @@ mod pickle;
 
 use anyhow::{Context, Result, anyhow, bail};
 use pickle::{TensorRef, Value};
+use sftok_pipeline::fsutil::write_atomic_with;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -306,29 +307,11 @@ pub fn load_file(vs: &VarStore, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes every variable of `vs` as safetensors under its reference name (sorted, contiguous),
-/// to a temporary name first and renamed into place, so a partial file never looks complete.
-pub fn save_safetensors(vs: &VarStore, path: &Path) -> Result<()> {
-    save_tensors(vs.variables(), path)
-}
-
-/// Writes named tensors as safetensors (sorted by name, on the CPU, contiguous), atomically.
+/// Writes named tensors as safetensors (sorted by name, on the CPU, contiguous), atomically
+/// (`sftok_pipeline::fsutil`'s rule: a partial file never looks complete).
 pub fn save_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>, path: &Path) -> Result<()> {
     let mut named: Vec<(String, Tensor)> =
         tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    write_atomic(path, |tmp| Tensor::write_safetensors(&named, tmp).map_err(|e| anyhow!("{e}")))
-}
-
-/// Runs `write` on `<path>.tmp`, fsyncs it and renames it to `path`.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    write_atomic_with(path, |tmp| Tensor::write_safetensors(&named, tmp).map_err(|e| anyhow!("{e}")))
 }

@@ -1,6 +1,7 @@
 //! Hidden benchmark commands of `sftok-eval`, printing `RESULT …` lines in the format of
 //! `shared/bench/run_bench.py`, so tools/bench-fid.sh can time them next to bench_fid_py.py.
 
+use sftok_pipeline::procstat;
 use anyhow::{Result, ensure};
 use crate::inception::{FidInception, FidInceptionConfig, InputPipeline};
 use std::path::Path;
@@ -18,23 +19,6 @@ pub struct FeatureBench {
     pub seed: i64,
 }
 
-/// Process CPU time (all threads) in seconds, from /proc (Linux); None elsewhere.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 12th/13th of them.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0) // USER_HZ is 100 on Linux
-}
-
-fn load1() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
 /// Feature throughput of the FID Inception with random weights on random uint8 images, the
 /// uint8 → float conversion and resize included (as bench_fid_py.py).
 pub fn features(b: &FeatureBench) -> Result<()> {
@@ -49,16 +33,13 @@ pub fn features(b: &FeatureBench) -> Result<()> {
     for _ in 0..b.warmup {
         net.features(&images, b.pipeline);
     }
-    let (t0, c0) = (Instant::now(), cpu_seconds());
+    let (t0, c0) = (Instant::now(), procstat::cpu_seconds());
     let mut pool3 = None;
     for _ in 0..b.batches {
         pool3 = Some(net.features(&images, b.pipeline).pool3);
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let cpu = match (c0, cpu_seconds()) {
-        (Some(a), Some(z)) => z - a,
-        _ => f64::NAN,
-    };
+    let cpu = procstat::cpu_seconds() - c0; // NaN where /proc is missing
     let pool3 = pool3.expect("at least one batch");
     ensure!(pool3.isfinite().all().int64_value(&[]) == 1, "non-finite features");
     let n = (b.batch as usize * b.batches) as f64;
@@ -72,7 +53,7 @@ pub fn features(b: &FeatureBench) -> Result<()> {
         n,
         n / seconds,
         n / cpu,
-        load1()
+        procstat::load_average()
     );
     Ok(())
 }

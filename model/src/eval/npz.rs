@@ -238,11 +238,10 @@ impl Iterator for RowStream {
 }
 
 /// Writes CPU tensors (uint8, float32/64, int64, bool) as an uncompressed `.npz` (what
-/// `numpy.savez` writes), to a temporary name renamed into place.
+/// `numpy.savez` writes), atomically (`fsutil::write_atomic_with`).
 pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<()> {
-    let tmp = path.with_extension("npz.tmp");
-    let write = || -> Result<()> {
-        let mut zip = zip::ZipWriter::new(BufWriter::new(File::create(&tmp)?));
+    sftok_pipeline::fsutil::write_atomic_with(path, |tmp| {
+        let mut zip = zip::ZipWriter::new(BufWriter::new(File::create(tmp)?));
         for (name, t) in arrays {
             let t = t.to_device(tch::Device::Cpu).contiguous();
             let numel = t.numel();
@@ -258,7 +257,6 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &Tensor)]) -> Result<()> {
         }
         zip.finish()?.flush()?;
         Ok(())
-    };
-    write().with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })
+    .with_context(|| format!("writing {}", path.display()))
 }

@@ -166,13 +166,13 @@ pub fn write_reconstructions(req: &ReconRequest) -> Result<ReconReport> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for (i, img) in images.iter().enumerate() {
             let png = sftok_pipeline::transform::encode_png(img)?;
-            crate::checkpoint::write_atomic(&dir.join(format!("{i:06}.png")), |tmp| Ok(std::fs::write(tmp, &png)?))?;
+            sftok_pipeline::fsutil::write_atomic(&dir.join(format!("{i:06}.png")), &png)?;
         }
     }
     let rows: Vec<Vec<&RgbImage>> = originals.iter().zip(&recons).map(|(a, b)| vec![a, b]).collect();
     let png = sftok_pipeline::transform::encode_png(&sftok_pipeline::transform::grid(&rows, 4))?;
     let grid = req.out.join("grid.png");
-    crate::checkpoint::write_atomic(&grid, |tmp| Ok(std::fs::write(tmp, &png)?))?;
+    sftok_pipeline::fsutil::write_atomic(&grid, &png)?;
     let finite: Vec<f64> = items.iter().map(|i| i.psnr).filter(|p| p.is_finite()).collect();
     let report = ReconReport {
         checkpoint: req.model.checkpoint.display().to_string(),
@@ -183,7 +183,7 @@ pub fn write_reconstructions(req: &ReconRequest) -> Result<ReconReport> {
         grid,
     };
     let json = serde_json::to_string_pretty(&report)?;
-    crate::checkpoint::write_atomic(&req.out.join("tokens.json"), |tmp| Ok(std::fs::write(tmp, json)?))?;
+    sftok_pipeline::fsutil::write_atomic(&req.out.join("tokens.json"), json.as_bytes())?;
     Ok(report)
 }
 

@@ -78,7 +78,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
     let (t, x) = (&cfg.training, &cfg.experiment);
     let out = PathBuf::from(&x.output_dir);
     std::fs::create_dir_all(&out).with_context(|| format!("creating experiment.output_dir {}", out.display()))?;
-    crate::checkpoint::write_atomic(&out.join("config.yaml"), |tmp| Ok(std::fs::write(tmp, cfg.to_yaml())?))?;
+    sftok_pipeline::fsutil::write_atomic(&out.join("config.yaml"), cfg.to_yaml().as_bytes())?;
     if t.enable_wandb {
         bail!("training.enable_wandb = True: sftok logs to TensorBoard (output_dir/logs) and metrics.jsonl, not wandb; set training.enable_wandb=False");
     }
@@ -226,7 +226,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
                     log.image("Train Reconstruction", step, &png, grid.width, grid.height)?;
                     let dir = out.join("train_images");
                     std::fs::create_dir_all(&dir)?;
-                    std::fs::write(dir.join(format!("{step:08}.png")), &png)?;
+                    sftok_pipeline::fsutil::write_atomic(&dir.join(format!("{step:08}.png")), &png)?;
                 }
                 Preview::Unavailable(why) if !preview_unavailable_logged => {
                     preview_unavailable_logged = true;

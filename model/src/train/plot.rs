@@ -146,7 +146,7 @@ pub fn plot_losses(jsonl: &Path, out: &Path) -> Result<()> {
         c.text(left as i64 + 50, y, name, black);
     }
     let png = encode_png(&c.img)?;
-    crate::checkpoint::write_atomic(out, |tmp| Ok(std::fs::write(tmp, png)?))
+    sftok_pipeline::fsutil::write_atomic(out, &png)
 }
 
 /// One panel of the figure (temporary shim until the plotters figure lands).

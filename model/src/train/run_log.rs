@@ -87,7 +87,7 @@ fn truncate_jsonl(path: &Path, step: u64) -> Result<()> {
         .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
         .map(|l| format!("{l}\n"))
         .collect();
-    crate::checkpoint::write_atomic(path, |tmp| Ok(std::fs::write(tmp, kept)?))
+    sftok_pipeline::fsutil::write_atomic(path, kept.as_bytes())
 }
 
 /// `1h05m` / `3m07s`.

@@ -65,10 +65,7 @@ pub fn save_checkpoint(output_dir: &Path, step: u64, keep_last: u64, fill: impl 
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
     }
-    std::fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
-    if let Ok(f) = std::fs::File::open(output_dir) {
-        let _ = f.sync_all(); // make the rename durable
-    }
+    sftok_pipeline::fsutil::rename_durably(&tmp, &final_dir)?;
     if keep_last > 0 {
         let all = list_checkpoints(output_dir)?;
         for (_, old) in all.iter().take(all.len().saturating_sub(keep_last as usize)) {
@@ -80,7 +77,7 @@ pub fn save_checkpoint(output_dir: &Path, step: u64, keep_last: u64, fill: impl 
 
 pub fn write_state(dir: &Path, state: &TrainerState) -> Result<()> {
     let json = serde_json::to_string_pretty(state)?;
-    crate::checkpoint::write_atomic(&dir.join("trainer_state.json"), |tmp| Ok(std::fs::write(tmp, json)?))
+    sftok_pipeline::fsutil::write_atomic(&dir.join("trainer_state.json"), json.as_bytes())
 }
 
 pub fn read_state(dir: &Path) -> Result<TrainerState> {

@@ -6,6 +6,7 @@ use super::tar_samples::for_each_sample;
 use super::{Loader, LoaderConfig};
 use crate::batch::BatchStream;
 use crate::jpeg::JpegDecoder;
+use crate::procstat::{cpu_seconds, peak_rss_mb};
 use crate::transform::{decode_rgb, decode_view_into};
 use crate::view::View;
 use anyhow::{Context, Result, bail};
@@ -49,6 +50,7 @@ pub struct BenchReport {
     pub decode: Option<Rate>,
     /// Decode + resize + crop, same pool, input in memory.
     pub transform: Option<Rate>,
+    /// `procstat::peak_rss_mb` after the run.
     pub peak_rss_mb: f64,
 }
 
@@ -58,17 +60,17 @@ pub fn bench_load(opts: &BenchOptions) -> Result<BenchReport> {
         let batch = loader.next_batch()?.context("the shards ran out during warm-up: use fewer --warmup batches or more epochs")?;
         loader.recycle(batch);
     }
-    let (t0, c0) = (Instant::now(), cpu_seconds()?);
+    let (t0, c0) = (Instant::now(), cpu_seconds());
     let mut images = 0;
     for _ in 0..opts.batches {
         let batch = loader.next_batch()?.context("the shards ran out: use fewer --batches")?;
         images += batch.len();
         loader.recycle(batch);
     }
-    let rate = Rate { images, seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_seconds()? - c0 };
+    let rate = Rate { images, seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_seconds() - c0 };
     drop(loader);
     let [entropy, decode, transform] = if opts.decode_images > 0 { decode_rates(opts)?.map(Some) } else { [None, None, None] };
-    Ok(BenchReport { loader: rate, entropy, decode, transform, peak_rss_mb: peak_rss_mb()? })
+    Ok(BenchReport { loader: rate, entropy, decode, transform, peak_rss_mb: peak_rss_mb() })
 }
 
 /// Entropy-only, decode-only and decode+transform rates on the same in-memory images.
@@ -96,9 +98,9 @@ fn decode_rates(opts: &BenchOptions) -> Result<[Rate; 3]> {
         // An untimed pass first: the allocator's first big buffers are fresh mmap'd pages, whose
         // faults would otherwise be charged to whichever rate is measured first.
         pool.install(|| blobs.par_iter().take(64).try_for_each(f))?;
-        let (t0, c0) = (Instant::now(), cpu_seconds()?);
+        let (t0, c0) = (Instant::now(), cpu_seconds());
         pool.install(|| blobs.par_iter().try_for_each(f))?;
-        Ok(Rate { images: blobs.len(), seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_seconds()? - c0 })
+        Ok(Rate { images: blobs.len(), seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_seconds() - c0 })
     };
     let entropy = time(&|b| match JpegDecoder::open(b)? {
         Some(jpeg) => jpeg.entropy_decode_only(),
@@ -110,27 +112,4 @@ fn decode_rates(opts: &BenchOptions) -> Result<[Rate; 3]> {
         decode_view_into(b, cfg.resize_shorter_edge, cfg.crop_size, |w, h| View::center(w, h, cfg.crop_size), &mut out).map(drop)
     })?;
     Ok([entropy, decode, transform])
-}
-
-/// user + system CPU seconds of this process, all threads (Linux /proc, USER_HZ = 100).
-fn cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat (Linux only)")?;
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).context("unexpected /proc/self/stat layout");
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
-fn peak_rss_mb() -> Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .context("no VmHWM in /proc/self/status")?;
-    Ok(kb / 1024.0)
-}
-
-/// The 1-minute load average, to spot disturbed runs.
-pub fn load1() -> f64 {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN)
 }

@@ -335,11 +335,6 @@ impl Loader {
     pub fn code_meta(&self) -> Option<&CodeMeta> {
         self.code_meta.as_ref()
     }
-
-    /// Position after the last batch returned, as a struct.
-    pub fn loader_state(&self) -> &LoaderState {
-        &self.state
-    }
 }
 
 impl BatchStream for Loader {

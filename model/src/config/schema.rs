@@ -1,29 +1,12 @@
-//! The reference's configuration tree (OmegaConf YAML: experiment / model / losses / dataset /
-//! optimizer / lr_scheduler / training), typed, with OmegaConf-style dotted overrides
-//! (`training.per_gpu_batch_size=32`) and `${a.b}` interpolation.
+//! The configuration schema: one struct per YAML section of [`Config`], the reference's key
+//! names. Each default is stated once, in the section's `Default` impl (serialised, the
+//! defaults are also the list of valid keys that `engine` checks against).
 //!
-//! Every key of the reference's SFTok, TiTok and MaskGIT-generator configs is accepted (some are
-//! inert in the reference and here too; they are documented as such). An unknown key — in a file
-//! or an override — is an error naming the key and the nearest valid one.
-//! Numbers may use `_` separators (`1_281_167`) and bare exponents (`1e-4`) as in the reference.
+//! [`Config`]: super::Config
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
-use serde_yaml_ng::{Mapping, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub experiment: Experiment,
-    pub model: Model,
-    pub losses: Losses,
-    pub dataset: Dataset,
-    pub optimizer: Optimizer,
-    pub lr_scheduler: LrScheduler,
-    pub training: Training,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -491,254 +474,12 @@ impl Default for Training {
 }
 
 /// Paths whose children are free-form names (maps), not fixed fields.
-const OPEN_MAPS: &[&str] = &["model.size_tables"];
-
-impl Config {
-    /// Loads a YAML file and applies `key=value` overrides (in order), then resolves `${…}`.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {} (check the path; shipped configs are in configs/)", path.display()))?;
-        Self::from_yaml_str(&text, overrides).with_context(|| format!("in config {}", path.display()))
-    }
-
-    /// As [`Config::load`], from a YAML string (an empty string gives the defaults).
-    pub fn from_yaml_str(text: &str, overrides: &[String]) -> Result<Config> {
-        let mut tree: Value = serde_yaml_ng::from_str(text).context("parsing YAML")?;
-        if tree.is_null() {
-            tree = Value::Mapping(Mapping::new());
-        }
-        let schema = serde_yaml_ng::to_value(Config::default()).expect("default config serialises");
-        check_keys(&tree, &schema, "")?;
-        for ov in overrides {
-            apply_override(&mut tree, &schema, ov)?;
-        }
-        // The reference's configs tie the scheduler's base LR to the optimizer's; a config that
-        // leaves it out gets the same link, so `optimizer.params.learning_rate=…` moves both.
-        if lookup(&tree, "lr_scheduler.params.learning_rate").is_none() && lookup(&tree, "optimizer.params.learning_rate").is_some() {
-            apply_override(&mut tree, &schema, "lr_scheduler.params.learning_rate='${optimizer.params.learning_rate}'")?;
-        }
-        normalize_numbers(&mut tree);
-        let root = tree.clone();
-        resolve_interpolations(&mut tree, &root, 0)?;
-        // serde_path_to_error: a bad value names its key (`training.seed: invalid type …`).
-        serde_path_to_error::deserialize(tree).map_err(|e| anyhow!("config key `{}`: {}", e.path(), e.inner()))
-    }
-
-    /// The effective config as YAML (saved next to checkpoints).
-    pub fn to_yaml(&self) -> String {
-        serde_yaml_ng::to_string(self).expect("config serialises")
-    }
-}
-
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
-}
-
-/// Every key of `tree` must exist in `schema` (the serialised defaults, which list all fields).
-fn check_keys(tree: &Value, schema: &Value, prefix: &str) -> Result<()> {
-    if OPEN_MAPS.contains(&prefix) {
-        return Ok(());
-    }
-    let (Value::Mapping(map), Value::Mapping(known)) = (tree, schema) else {
-        return Ok(());
-    };
-    for (k, v) in map {
-        let key = k.as_str().ok_or_else(|| anyhow!("config key {k:?} under `{prefix}` is not a string"))?;
-        let path = join(prefix, key);
-        match known.get(key) {
-            Some(sub) => check_keys(v, sub, &path)?,
-            None => bail!("{}", unknown_key_message(&path, known)),
-        }
-    }
-    Ok(())
-}
-
-fn unknown_key_message(path: &str, siblings: &Mapping) -> String {
-    let key = path.rsplit('.').next().unwrap_or(path);
-    let parent = path.rsplit_once('.').map(|p| p.0).unwrap_or("");
-    let nearest = siblings
-        .keys()
-        .filter_map(|k| k.as_str())
-        .min_by_key(|cand| levenshtein(key, cand))
-        .map(|best| join(parent, best));
-    match nearest {
-        Some(best) => format!("unknown config key `{path}`; did you mean `{best}`?"),
-        None => format!("unknown config key `{path}`"),
-    }
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + (ca != *cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// `a.b.c=value`: the value is parsed as a YAML scalar/flow value (`true`, `1e-4`, `[1, 2]`, `"s"`).
-fn apply_override(tree: &mut Value, schema: &Value, ov: &str) -> Result<()> {
-    let (path, raw) = ov
-        .split_once('=')
-        .ok_or_else(|| anyhow!("override {ov:?} must look like key.path=value, e.g. training.per_gpu_batch_size=32"))?;
-    let path = path.trim();
-    // `key=` sets an empty string, as in Hydra/OmegaConf.
-    let value: Value = if raw.trim().is_empty() {
-        Value::String(String::new())
-    } else {
-        serde_yaml_ng::from_str(raw).with_context(|| format!("override {ov:?}: cannot parse the value"))?
-    };
-    let keys: Vec<&str> = path.split('.').collect();
-    let mut schema_node = Some(schema);
-    let mut node = tree;
-    for (i, key) in keys.iter().enumerate() {
-        let so_far = keys[..=i].join(".");
-        let open = OPEN_MAPS.iter().any(|m| so_far.starts_with(&format!("{m}.")));
-        if !open {
-            let Some(Value::Mapping(known)) = schema_node else {
-                bail!("override {ov:?}: `{}` is a value, not a section", keys[..i].join("."));
-            };
-            if !known.contains_key(*key) {
-                bail!("override {ov:?}: {}", unknown_key_message(&so_far, known));
-            }
-            schema_node = known.get(*key);
-        }
-        if !node.is_mapping() {
-            *node = Value::Mapping(Mapping::new());
-        }
-        let map = node.as_mapping_mut().expect("mapping");
-        let k = Value::String(key.to_string());
-        if i + 1 == keys.len() {
-            map.insert(k, value);
-            return Ok(());
-        }
-        node = map.entry(k).or_insert(Value::Null);
-    }
-    unreachable!("override path has at least one key")
-}
-
-/// YAML 1.2 parsers read `1_281_167` as a string (PyYAML/OmegaConf accept it as an int) —
-/// turn such strings back into numbers.
-fn normalize_numbers(v: &mut Value) {
-    match v {
-        Value::Mapping(m) => m.values_mut().for_each(normalize_numbers),
-        Value::Sequence(s) => s.iter_mut().for_each(normalize_numbers),
-        Value::String(s) if s.contains('_') && s.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-') => {
-            let plain: String = s.chars().filter(|&c| c != '_').collect();
-            if let Ok(i) = plain.parse::<i64>() {
-                *v = Value::Number(i.into());
-            } else if let Ok(f) = plain.parse::<f64>() {
-                *v = Value::Number(f.into());
-            }
-        }
-        _ => {}
-    }
-}
-
-fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(root, |node, key| node.as_mapping()?.get(key))
-}
-
-/// OmegaConf `${a.b.c}`: a whole-string reference takes the referenced value (any type);
-/// references inside a longer string are replaced by the scalar's text.
-fn resolve_interpolations(v: &mut Value, root: &Value, depth: usize) -> Result<()> {
-    if depth > 16 {
-        bail!("config interpolation nests more than 16 levels (a cycle?)");
-    }
-    match v {
-        Value::Mapping(m) => m.values_mut().try_for_each(|x| resolve_interpolations(x, root, depth)),
-        Value::Sequence(s) => s.iter_mut().try_for_each(|x| resolve_interpolations(x, root, depth)),
-        Value::String(s) if s.contains("${") => {
-            let whole = s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
-            if whole {
-                let path = &s[2..s.len() - 1];
-                let mut target = lookup(root, path)
-                    .ok_or_else(|| anyhow!("interpolation ${{{path}}}: no such key in the config"))?
-                    .clone();
-                resolve_interpolations(&mut target, root, depth + 1)?;
-                *v = target;
-                return Ok(());
-            }
-            let mut out = String::new();
-            let mut rest = s.as_str();
-            while let Some(start) = rest.find("${") {
-                out.push_str(&rest[..start]);
-                let end = rest[start..].find('}').ok_or_else(|| anyhow!("unclosed ${{ in {s:?}"))? + start;
-                let path = &rest[start + 2..end];
-                let mut target = lookup(root, path)
-                    .ok_or_else(|| anyhow!("interpolation ${{{path}}}: no such key in the config"))?
-                    .clone();
-                resolve_interpolations(&mut target, root, depth + 1)?;
-                match target {
-                    Value::String(t) => out.push_str(&t),
-                    Value::Number(n) => out.push_str(&n.to_string()),
-                    Value::Bool(b) => out.push_str(&b.to_string()),
-                    _ => bail!("interpolation ${{{path}}} inside {s:?} must refer to a scalar"),
-                }
-                rest = &rest[end + 1..];
-            }
-            out.push_str(rest);
-            *v = Value::String(out);
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
+pub(super) const OPEN_MAPS: &[&str] = &["model.size_tables"];
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn underscores_exponents_and_interpolation_parse_like_omegaconf() {
-        let cfg = Config::from_yaml_str(
-            "experiment:\n  max_train_examples: 1_281_167\noptimizer:\n  params:\n    learning_rate: 3e-4\n\
-             lr_scheduler:\n  params:\n    learning_rate: ${optimizer.params.learning_rate}\n\
-             experiment2: null\n"
-                .replace("experiment2: null\n", "")
-                .as_str(),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(cfg.experiment.max_train_examples, 1_281_167);
-        assert_eq!(cfg.optimizer.params.learning_rate, 3e-4);
-        assert_eq!(cfg.lr_scheduler.params.learning_rate, 3e-4);
-    }
-
-    #[test]
-    fn overrides_apply_in_order_and_reach_interpolations() {
-        let text = "lr_scheduler:\n  params:\n    learning_rate: ${optimizer.params.learning_rate}\n";
-        let ov = ["optimizer.params.learning_rate=2e-4".to_string(), "training.per_gpu_batch_size=8".to_string(),
-                  "training.per_gpu_batch_size=16".to_string(), "training.mixed_precision=bf16".to_string()];
-        let cfg = Config::from_yaml_str(text, &ov).unwrap();
-        assert_eq!(cfg.lr_scheduler.params.learning_rate, 2e-4);
-        assert_eq!(cfg.training.per_gpu_batch_size, 16);
-        assert_eq!(cfg.training.mixed_precision, MixedPrecision::Bf16);
-    }
-
-    #[test]
-    fn unknown_keys_name_the_key_and_the_nearest_valid_one() {
-        let err = Config::from_yaml_str("", &["training.no_such_key=1".into()]).unwrap_err().to_string();
-        assert!(err.contains("`training.no_such_key`") && err.contains("did you mean `training."), "{err}");
-        let err = Config::from_yaml_str("training:\n  per_gpu_batchsize: 4\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("`training.per_gpu_batchsize`") && err.contains("`training.per_gpu_batch_size`"), "{err}");
-        let err = Config::from_yaml_str("", &["modle.vq_model.token_size=4".into()]).unwrap_err().to_string();
-        assert!(err.contains("did you mean `model`"), "{err}");
-        let err = Config::from_yaml_str("", &["training.seed".into()]).unwrap_err().to_string();
-        assert!(err.contains("key.path=value"), "{err}");
-    }
-
-    #[test]
-    fn bad_values_are_reported_with_their_key() {
-        let err = Config::from_yaml_str("training:\n  mask_schedule: arccoss\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("arccoss") && err.contains("arccos"), "{err}");
-        let err = Config::from_yaml_str("training:\n  seed: forty-two\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("`training.seed`") && err.contains("forty-two"), "{err}");
-    }
+    use crate::config::Config;
 
     #[test]
     fn size_tables_accept_new_names_and_builtins_match_the_reference() {
@@ -746,20 +487,5 @@ mod tests {
         assert_eq!(cfg.model.transformer_size("tiny").unwrap().width, 64);
         assert_eq!(cfg.model.transformer_size("large").unwrap(), TransformerSize { width: 1024, num_layers: 24, num_heads: 16 });
         assert!(cfg.model.transformer_size("huge").is_err());
-    }
-
-    #[test]
-    fn scheduler_lr_follows_the_optimizer_lr_unless_set() {
-        let cfg = Config::from_yaml_str("", &["optimizer.params.learning_rate=3e-3".into()]).unwrap();
-        assert_eq!(cfg.lr_scheduler.params.learning_rate, 3e-3);
-        let cfg = Config::from_yaml_str("lr_scheduler:\n  params:\n    learning_rate: 1e-5\n", &["optimizer.params.learning_rate=3e-3".into()]).unwrap();
-        assert_eq!(cfg.lr_scheduler.params.learning_rate, 1e-5);
-    }
-
-    #[test]
-    fn effective_config_round_trips() {
-        let cfg = Config::from_yaml_str("", &["training.seed=7".into()]).unwrap();
-        let again = Config::from_yaml_str(&cfg.to_yaml(), &[]).unwrap();
-        assert_eq!(cfg, again);
     }
 }
