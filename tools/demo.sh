@@ -36,11 +36,13 @@ rm -rf codes
 step "6. stage 1 — warming up (sftok-train stage1, tiny model, CPU)"
 rm -rf outputs
 "$bin/sftok-train" stage1 --config "$root/configs/tiny/sftok_tiny_stage1.yaml" --device cpu --teacher random:0 \
-  training.max_train_steps=200 experiment.save_every=100 experiment.generate_every=100
+  training.max_train_steps=200 experiment.save_every=100 experiment.generate_every=100 \
+  experiment.eval_every=100 experiment.log_grad_norm_every=20
 
 step "7. stage 2 — self-forcing from stage 1's EMA weights (sftok-train stage2)"
 "$bin/sftok-train" stage2 --config "$root/configs/tiny/sftok_tiny_stage2.yaml" --device cpu --teacher random:0 \
-  training.max_train_steps=100 experiment.save_every=100 experiment.generate_every=50
+  training.max_train_steps=100 experiment.save_every=100 experiment.generate_every=50 \
+  experiment.eval_every=50 experiment.log_grad_norm_every=20
 
 step "8. reconstructions with the trained model (sftok-eval recon)"
 # shellcheck disable=SC2086
@@ -56,6 +58,6 @@ echo "  fake ImageNet        $out/imagenet  (train/, val/, LOC_val_solution.csv,
 echo "  effective config     $out/sftok_tiny_stage1.effective.yaml"
 echo "  shards               $out/shards/{train,val}/  (<split>-NNNNNN.tar + manifest.json)"
 echo "  proxy codes          $out/codes/train/  (one Parquet file per shard)"
-echo "  stage 1 / stage 2    $out/outputs/sftok_tiny_stage{1,2}_run1/  (checkpoint-*/, ema_model/, loss.png, metrics.jsonl)"
+echo "  stage 1 / stage 2    $out/outputs/sftok_tiny_stage{1,2}_run1/  (checkpoint-*/, ema_model/, loss.png, metrics.jsonl with ema_eval/*)"
 echo "  TensorBoard          tensorboard --logdir $out/outputs"
 echo "  reconstructions      $out/recon/grid.png  (original | reconstruction), tokens.json with PSNR"
