@@ -403,7 +403,13 @@ pub fn train(opts: TrainOptions, data: DataFactory) -> Result<TrainSummary> {
     tb.flush()?;
     let ema_dir = out.join("ema_model");
     save_ema_dir(&ema, cfg, &ema_dir)?;
-    if let Err(e) = super::plot::plot_losses(&out.join("metrics.jsonl"), &out.join("loss.png")) {
+    use super::plot::{Panel, plot_metrics};
+    let panels = [
+        Panel::new("losses", &["train/total_loss", "train/reconstruction_loss", "train/quantizer_loss"]),
+        Panel::new("learning rate", &["lr"]),
+        Panel::new("gradient norm", &["grad_norm"]),
+    ];
+    if let Err(e) = plot_metrics(&out.join("metrics.jsonl"), &panels, &out.join("loss.png")) {
         log_line(&out, &format!("loss plot not written: {e:#}"));
     }
     Ok(TrainSummary {
