@@ -216,7 +216,8 @@ fn tick_label(v: f64, log: bool) -> String {
     // k/M only where they lose nothing: ticks around a single step are 249999.5, 250000, …
     let round = |x: f64| ((x * 100.0).round() - x * 100.0).abs() < 1e-6;
     match v.abs() {
-        0.0 => "0".to_string(),
+        // Ticks stepping through 0 land on round-off (-3.39e-21 on a learning-rate axis).
+        a if a < 1e-12 => "0".to_string(),
         a if a < 1e-2 => {
             let s = format!("{v:.2e}");
             let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
@@ -489,7 +490,7 @@ mod tests {
         let (log, lin) = (true, false);
         for (v, axis, want) in [
             (0.001, log, "10⁻³"), (1.0, log, "10⁰"), (100.0, log, "10²"), (0.002, log, "2e-3"), (0.001, lin, "1e-3"),
-            (0.0, lin, "0"), (1.5e-4, lin, "1.5e-4"), (0.30000000000000004, lin, "0.3"), (250.0, lin, "250"),
+            (0.0, lin, "0"), (-3.39e-21, lin, "0"), (1.5e-4, lin, "1.5e-4"), (0.30000000000000004, lin, "0.3"), (250.0, lin, "250"),
             (12500.0, lin, "12.5k"), (249999.5, lin, "249999.5"), (2e6, lin, "2M"), (-20000.0, lin, "-20k"),
         ] {
             assert_eq!(tick_label(v, axis), want, "{v} (log: {axis})");
