@@ -56,7 +56,6 @@ fn adamw_matches_pytorch_with_the_reference_groups_and_schedule() {
                [("decay", 1, 0.1), ("no_decay", 1, 0.0)]);
     let mut opt = AdamW::new(&groups, AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8 });
     for (k, (ga, gb)) in grads.iter().enumerate() {
-        pa.grad().defined().then(|| ()).unwrap_or(());
         let (la, lb) = ((&pa * ga).sum(Kind::Float), (&pb * gb).sum(Kind::Float)); // d/dp = the given grad
         (la + lb).backward();
         opt.step(lrs[k]);
@@ -128,7 +127,7 @@ fn tiny_config(stage: u32, out: &std::path::Path, extra: &[&str]) -> Config {
 /// Trains `job` on `batch`; `teacher` only for the reconstruction previews (codes come with the batch).
 fn train(job: TrainJob, config: Config, init: Option<std::path::PathBuf>, teacher: bool, batch: Batch) -> anyhow::Result<FitSummary> {
     let fit_opts = FitOptions { config: config.clone(), device: Device::Cpu, resume: None, max_nonfinite_in_a_row: 3, stop: Arc::new(AtomicBool::new(false)) };
-    let teacher = teacher.then(|| Arc::new(sftok_model::vqgan::load_teacher("random:0", Device::Cpu).unwrap()));
+    let teacher = teacher.then(|| sftok_model::vqgan::load_teacher("random:0", Device::Cpu).unwrap());
     run_job(job, TokenTaskOptions { config, device: Device::Cpu, init, teacher, eval: None }, fit_opts, data(batch))
 }
 

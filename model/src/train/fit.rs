@@ -176,7 +176,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
 
         // 2. Backward, scaled for fp16 and averaged over the accumulation window.
         (step_out.loss * (st.loss_scale / accum as f64)).backward();
-        let sync = st.micro_step % accum == 0;
+        let sync = st.micro_step.is_multiple_of(accum);
 
         // 3. On the window's last micro-batch: the optimiser step (None when fp16 overflowed).
         let update = if sync { optimizer_step(&mut st, &mut opt, &trainable, &groups, &schedule, cfg, precision, &log) } else { None };
@@ -205,7 +205,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
         }
         log.scalars(step, &values)?;
         last_loss = loss_value;
-        if step % x.log_every.max(1) == 0 || step == t.max_train_steps || step == start_step + 1 {
+        if step.is_multiple_of(x.log_every.max(1)) || step == t.max_train_steps || step == start_step + 1 {
             let rate = (step - start_step) as f64 / started.elapsed().as_secs_f64().max(1e-9);
             log.line(&format!(
                 "step {step}/{} | {} | lr {:.2e} | gnorm {:.3} | {:.1} img/s | ETA {}",
@@ -219,7 +219,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
             log.flush()?;
         }
         // Previews and evaluation see the EMA weights, as in the reference.
-        if x.generate_every > 0 && step % x.generate_every == 0 {
+        if x.generate_every > 0 && step.is_multiple_of(x.generate_every) {
             match with_eval_weights(ema.as_ref(), &vars, || task.preview(t.num_generated_images as usize))? {
                 Preview::Image(grid) => {
                     let png = sftok_pipeline::transform::encode_png(&grid)?;
@@ -235,7 +235,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
                 Preview::Unavailable(_) => {}
             }
         }
-        if x.eval_every > 0 && step % x.eval_every == 0 {
+        if x.eval_every > 0 && step.is_multiple_of(x.eval_every) {
             let t0 = Instant::now();
             let metrics = with_eval_weights(ema.as_ref(), &vars, || task.evaluate())?;
             log.scalars(step, &metrics)?;
@@ -243,7 +243,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
             let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
             log.line(&format!("step {step}: evaluation ({:.1} s) | {}", t0.elapsed().as_secs_f64(), shown.join(" | ")));
         }
-        if step % x.save_every.max(1) == 0 || step == t.max_train_steps {
+        if step.is_multiple_of(x.save_every.max(1)) || step == t.max_train_steps {
             st.loader = stream.state();
             save_checkpoint(&out, task, &vars, ema.as_ref(), &opt, &st, x.keep_last_checkpoints, &log)?;
             pause_after_checkpoint_for_tests(step);
@@ -310,7 +310,7 @@ fn optimizer_step(
     }
     if precision == Precision::Fp16Autocast {
         st.loss_scale_good_steps += 1;
-        if st.loss_scale_good_steps % LOSS_SCALE_GROWTH_INTERVAL == 0 {
+        if st.loss_scale_good_steps.is_multiple_of(LOSS_SCALE_GROWTH_INTERVAL) {
             st.loss_scale *= 2.0;
         }
     }
@@ -318,7 +318,7 @@ fn optimizer_step(
     opt.step(lr);
     // The reference logs gradient norms after the update, before zeroing (clipped values).
     let every = cfg.experiment.log_grad_norm_every;
-    let grad_norms = (every > 0 && (st.global_step + 1) % every == 0).then(|| GradNorms {
+    let grad_norms = (every > 0 && (st.global_step + 1).is_multiple_of(every)).then(|| GradNorms {
         groups: groups.iter().map(|g| (format!("grad_norm_group/{}", g.name), grad_norm_of(&g.params))).collect(),
         parameters: per_parameter_grad_norms(groups),
     });

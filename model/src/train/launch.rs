@@ -101,7 +101,7 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
             if !with_codes {
                 eprintln!("computing proxy codes on the fly with the teacher (the reference's way; slower than precomputed codes)");
             }
-            Some(Arc::new(crate::vqgan::load_teacher(spec, device)?))
+            Some(crate::vqgan::load_teacher(spec, device)?)
         }
         None => None,
     };

@@ -19,7 +19,6 @@ use sftok_pipeline::transform::RgbImage;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tch::{Device, Kind, Tensor, nn};
 
 /// What makes a token-prediction stage.
@@ -79,7 +78,7 @@ pub struct TokenTaskOptions {
     /// Weights to start from (stage 2: stage 1's EMA weights); overrides `experiment.init_weight`.
     pub init: Option<PathBuf>,
     /// Teacher for on-the-fly proxy codes and for decoding previews and evaluation.
-    pub teacher: Option<Arc<(nn::VarStore, MaskgitVqgan)>>,
+    pub teacher: Option<(nn::VarStore, MaskgitVqgan)>,
     pub eval: Option<EvalSetup>,
 }
 
@@ -88,7 +87,7 @@ pub struct TokenTask<S: TokenStage> {
     vs: nn::VarStore,
     model: SFTok,
     init: Option<PathBuf>,
-    teacher: Option<Arc<(nn::VarStore, MaskgitVqgan)>>,
+    teacher: Option<(nn::VarStore, MaskgitVqgan)>,
     eval: Option<EvalSetup>,
     /// The last micro-batch's images, for previews.
     last_images: Option<Tensor>,
