@@ -269,6 +269,17 @@ impl LoadedSFTok {
         Ok(LoadedSFTok { vs, model, config })
     }
 
+    /// `sftok-train init`: a model of `config` with the reference's initialisation from `seed`,
+    /// saved as [`LoadedSFTok::save_dir`] does; returns the number of parameters.
+    pub fn write_initialised(config: &Config, seed: i64, dir: &std::path::Path) -> Result<i64> {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _model = SFTok::new(&vs.root(), &SFTokConfig::from_config(config)?);
+        SFTok::reference_init(&vs);
+        Self::save_dir(&vs, config, dir)?;
+        Ok(vs.trainable_variables().iter().map(|t| t.numel() as i64).sum())
+    }
+
     /// Saves `model.safetensors` + `config.json` (the full config, reference layout) in `dir`, the
     /// layout `PyTorchModelHubMixin` uses, so the Python reference loads it strictly.
     pub fn save_dir(vs: &nn::VarStore, config: &Config, dir: &std::path::Path) -> Result<()> {

@@ -131,14 +131,8 @@ fn show_config(path: PathBuf, overrides: Vec<String>) -> Result<()> {
 }
 
 fn init(path: PathBuf, out: PathBuf, seed: i64, overrides: Vec<String>) -> Result<()> {
-    use sftok_model::sftok::{LoadedSFTok, SFTok, SFTokConfig};
     let cfg = Config::load(&path, &overrides)?;
-    tch::manual_seed(seed);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _model = SFTok::new(&vs.root(), &SFTokConfig::from_config(&cfg)?);
-    SFTok::reference_init(&vs);
-    LoadedSFTok::save_dir(&vs, &cfg, &out)?;
-    let n: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    let n = sftok_model::sftok::LoadedSFTok::write_initialised(&cfg, seed, &out)?;
     println!("wrote {} ({n} parameters, seed {seed}) and its config.json", out.join("model.safetensors").display());
     Ok(())
 }
