@@ -354,5 +354,6 @@ fn keys_asking_for_what_stages_1_2_do_not_do_are_refused_by_name() {
         let cfg = tiny_config(1, &dir.path().join("r"), &["training.max_train_steps=1", set]);
         let err = format!("{:#}", train(TrainJob::Stage1, cfg, None, false, fixed_batch(1)).unwrap_err());
         assert!(err.contains(key), "{set}: {err}");
+        assert!(!dir.path().join("r").exists(), "{set}: a refused config must write nothing");
     }
 }

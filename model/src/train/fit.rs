@@ -77,13 +77,14 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
     let cfg = &opts.config;
     let (t, x) = (&cfg.training, &cfg.experiment);
     let out = PathBuf::from(&x.output_dir);
-    std::fs::create_dir_all(&out).with_context(|| format!("creating experiment.output_dir {}", out.display()))?;
-    sftok_pipeline::fsutil::write_atomic(&out.join("config.yaml"), cfg.to_yaml().as_bytes())?;
+    // Refusals first: a bad config writes nothing.
     if t.enable_wandb {
         bail!("training.enable_wandb = True: sftok logs to TensorBoard (output_dir/logs) and metrics.jsonl, not wandb; set training.enable_wandb=False");
     }
     let precision = Precision::resolve(t.mixed_precision, opts.device)?;
     let schedule = LrSchedule::from_config(cfg)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating experiment.output_dir {}", out.display()))?;
+    sftok_pipeline::fsutil::write_atomic(&out.join("config.yaml"), cfg.to_yaml().as_bytes())?;
 
     // Model state: fresh or resumed. The EMA starts from the weights after initialisation.
     let resume = opts.resume.clone().unwrap_or_else(|| if x.resume { "auto".into() } else { "never".into() });
