@@ -131,12 +131,15 @@ pub fn evaluate_reconstruction(
         histogram.add(&Vec::<i64>::try_from(tokens.reshape([-1]).to_device(Device::Cpu))?)?;
         if inception.is_some() || o.save_images.is_some() {
             let recon = to_images(&y)?; // clamped, rounded to 8 bits
-            let originals = to_images(&x)?;
             if let Some(net) = inception {
-                real.add_images(net, &to_u8_tensor(&originals, device), InputPipeline::Tf1)?;
+                // The originals are the batch's own 8-bit pixels: no round trip through floats.
+                let s = batch.size as i64;
+                let originals = crate::handoff::nhwc_u8_to_device(&batch.images, [batch.len() as i64, s, s], device);
+                real.add_images(net, &originals, InputPipeline::Tf1)?;
                 fake.add_images(net, &to_u8_tensor(&recon, device), InputPipeline::Tf1)?;
             }
             if let Some(dir) = &o.save_images {
+                let originals = to_images(&x)?;
                 for (sub, imgs) in [("originals", &originals), ("reconstructions", &recon)] {
                     let d = dir.join(sub);
                     std::fs::create_dir_all(&d)?;

@@ -89,10 +89,8 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
     // Model state: fresh or resumed. The EMA starts from the weights after initialisation.
     let resume = opts.resume.clone().unwrap_or_else(|| if x.resume { "auto".into() } else { "never".into() });
     let resume_from = state::resolve_resume(&out, &resume)?;
-    let mut log = RunLog::open(&out, match &resume_from {
-        Some(ckpt) => Some(state::read_state(ckpt)?.global_step),
-        None => None,
-    })?;
+    let resumed_state = resume_from.as_deref().map(state::read_state).transpose()?;
+    let mut log = RunLog::open(&out, resumed_state.as_ref().map(|s| s.global_step))?;
     if resume_from.is_none() {
         task.init_fresh(&mut |line| log.line(line))?;
     }
@@ -115,8 +113,8 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
         seed: t.seed,
         stage: task.name().into(),
     };
-    if let Some(ckpt) = &resume_from {
-        st = restore(ckpt, task, ema.as_mut(), &mut opt)?;
+    if let (Some(ckpt), Some(saved)) = (&resume_from, resumed_state) {
+        st = restore(ckpt, saved, task, ema.as_mut(), &mut opt)?;
         log.line(&format!("resumed from {} at step {}", ckpt.display(), st.global_step));
     }
     let n_values = |decay: bool| groups.iter().filter(|g| (g.weight_decay > 0.0) == decay).flat_map(|g| g.params.values()).map(|p| p.numel()).sum::<usize>();
@@ -341,11 +339,10 @@ fn per_parameter_grad_norms(groups: &[super::optim::ParamGroup]) -> Metrics {
 
 /// Panels the loop adds to every task's.
 fn loop_panels() -> Vec<Panel> {
-    let panel = |title: &str, keys: &[&str]| Panel { title: title.into(), keys: keys.iter().map(|k| k.to_string()).collect() };
     vec![
-        panel("learning rate", &["lr"]),
-        panel("gradient norm (clipped groups: grad_norm_group/*)", &["grad_norm", "grad_norm_group/*"]),
-        panel("throughput (images/s)", &["samples/sec"]),
+        Panel::new("learning rate", &["lr"]),
+        Panel::new("gradient norm (clipped groups: grad_norm_group/*)", &["grad_norm", "grad_norm_group/*"]),
+        Panel::new("throughput (images/s)", &["samples/sec"]),
     ]
 }
 
@@ -389,9 +386,8 @@ fn save_checkpoint(
     Ok(())
 }
 
-/// Model, EMA, optimiser, the task's extra state and the counters of a checkpoint.
-fn restore(ckpt: &Path, task: &mut impl Task, ema: Option<&mut Ema>, opt: &mut AdamW) -> Result<TrainerState> {
-    let st = state::read_state(ckpt)?;
+/// Model, EMA, optimiser and the task's extra state of a checkpoint whose counters `st` were read.
+fn restore(ckpt: &Path, st: TrainerState, task: &mut impl Task, ema: Option<&mut Ema>, opt: &mut AdamW) -> Result<TrainerState> {
     if st.stage != task.name() {
         bail!("{} is a {} checkpoint; this run is {}", ckpt.display(), st.stage, task.name());
     }

@@ -222,17 +222,16 @@ impl<S: TokenStage> Task for TokenTask<S> {
     }
 
     fn metric_panels(&self) -> Vec<Panel> {
-        let panel = |title: &str, keys: &[&str]| Panel { title: title.into(), keys: keys.iter().map(|k| k.to_string()).collect() };
         vec![
-            panel("losses", &["train/total_loss", "train/reconstruction_loss", "train/quantizer_loss"]),
-            panel("quantizer terms", &["train/commitment_loss", "train/codebook_loss"]),
-            panel("masked-token accuracy", &["train/masked_token_accuracy"]),
-            panel("codebook use in the batch (unique ids / tokens)", &["train/index_unique_ratio"]),
-            panel("codebook perplexity in the batch", &["train/codebook_perplexity"]),
-            panel("EMA eval: PSNR (dB)", &["ema_eval/PSNR"]),
-            panel("EMA eval: rFID", &["ema_eval/rFID"]),
-            panel("EMA eval: codebook usage (fraction of the codebook)", &["ema_eval/CodebookUsage"]),
-            panel("EMA eval: codebook entropy (bits)", &["ema_eval/CodebookEntropy"]),
+            Panel::new("losses", &["train/total_loss", "train/reconstruction_loss", "train/quantizer_loss"]),
+            Panel::new("quantizer terms", &["train/commitment_loss", "train/codebook_loss"]),
+            Panel::new("masked-token accuracy", &["train/masked_token_accuracy"]),
+            Panel::new("codebook use in the batch (unique ids / tokens)", &["train/index_unique_ratio"]),
+            Panel::new("codebook perplexity in the batch", &["train/codebook_perplexity"]),
+            Panel::new("EMA eval: PSNR (dB)", &["ema_eval/PSNR"]),
+            Panel::new("EMA eval: rFID", &["ema_eval/rFID"]),
+            Panel::new("EMA eval: codebook usage (fraction of the codebook)", &["ema_eval/CodebookUsage"]),
+            Panel::new("EMA eval: codebook entropy (bits)", &["ema_eval/CodebookEntropy"]),
         ]
     }
 
