@@ -77,12 +77,13 @@ impl StageFlags {
 #[derive(Subcommand)]
 enum Command {
     /// Stage 1, warming up: single-step prediction of the teacher's proxy codes (every slot masked).
-    #[command(after_help = "Example:\n  sftok-train stage1 --config configs/sftok_b64_stage1.yaml dataset.params.train_proxy_codes_path=codes/train\n\n\
+    #[command(after_help = "Example:\n  sftok-train stage1 --config configs/sftok_b64_stage1.yaml --teacher maskgit-vqgan-imagenet-f16-256.bin dataset.params.train_proxy_codes_path=codes/train\n\n\
         Checkpoints go to experiment.output_dir/checkpoint-N (resumed automatically); the EMA weights for\n\
         stage 2 end up in experiment.output_dir/ema_model/. TensorBoard: tensorboard --logdir <output_dir>/logs")]
     Stage1(StageFlags),
     /// Stage 2, self-forcing guided visual reconstruction, from stage 1's EMA weights.
-    #[command(after_help = "Example:\n  sftok-train stage2 --config configs/sftok_b64_stage2.yaml --init outputs/sftok_b64_stage1_run1/ema_model")]
+    #[command(after_help = "Example:\n  sftok-train stage2 --config configs/sftok_b64_stage2.yaml --teacher maskgit-vqgan-imagenet-f16-256.bin --init outputs/sftok_b64_stage1_run1/ema_model\n\n\
+        The teacher decodes previews and the evaluation of experiment.eval_every (set it to 0 to train without one when the codes are precomputed).")]
     Stage2(StageFlags),
     /// Print the effective config: a YAML file plus dotted overrides, `${…}` resolved.
     #[command(after_help = "Example:\n  sftok-train config configs/sftok_b64_stage1.yaml training.per_gpu_batch_size=16")]
