@@ -50,6 +50,13 @@ impl SFTokConfig {
         if dec.num_latent_tokens != vq.num_latent_tokens || dec.token_size != vq.token_size {
             bail!("model.decoder.num_latent_tokens/token_size must equal model.vq_model's ({}/{})", vq.num_latent_tokens, vq.token_size);
         }
+        if vq.finetune_decoder && cfg.model.pixel_decoder.num_embeddings != dec.codebook_size {
+            bail!(
+                "model.pixel_decoder.num_embeddings = {} but model.decoder.codebook_size = {}: the soft path weights the pixel codebook by the decoder's logits, so they must be equal",
+                cfg.model.pixel_decoder.num_embeddings,
+                dec.codebook_size
+            );
+        }
         let g = &cfg.model.generator;
         Ok(SFTokConfig {
             encoder: EncoderConfig {
@@ -84,7 +91,7 @@ impl SFTokConfig {
                 randomize_temperature: g.randomize_temperature,
                 softmax_temperature_annealing: g.softmax_temperature_annealing,
             },
-            pixel_decoder: vq.finetune_decoder.then(VqganConfig::default),
+            pixel_decoder: vq.finetune_decoder.then(|| VqganConfig::from(&cfg.model.pixel_decoder)),
         })
     }
 }

@@ -21,6 +21,19 @@ pub struct VqganConfig {
     pub num_embeddings: i64,
 }
 
+impl From<&crate::config::PixelDecoder> for VqganConfig {
+    fn from(p: &crate::config::PixelDecoder) -> Self {
+        VqganConfig {
+            num_channels: p.num_channels,
+            hidden_channels: p.hidden_channels,
+            channel_mult: p.channel_mult.clone(),
+            num_res_blocks: p.num_res_blocks,
+            z_channels: p.z_channels,
+            num_embeddings: p.num_embeddings,
+        }
+    }
+}
+
 impl Default for VqganConfig {
     fn default() -> Self {
         VqganConfig {
@@ -299,8 +312,13 @@ impl MaskgitVqgan {
 /// Where the teacher's weights come from: a checkpoint file, or `random:SEED` — a seeded random
 /// initialisation for smoke tests and the demo (its codes are meaningless; callers say so).
 pub fn load_teacher(spec: &str, device: tch::Device) -> Result<(nn::VarStore, MaskgitVqgan)> {
+    load_teacher_sized(spec, &VqganConfig::default(), device)
+}
+
+/// As [`load_teacher`] with other sizes (`random:SEED` teachers of tiny stage-3 models).
+pub fn load_teacher_sized(spec: &str, cfg: &VqganConfig, device: tch::Device) -> Result<(nn::VarStore, MaskgitVqgan)> {
     let vs = nn::VarStore::new(device);
-    let cfg = VqganConfig::default();
+    let cfg = cfg.clone();
     if let Some(seed) = spec.strip_prefix("random:") {
         let seed: i64 = seed.parse().map_err(|_| anyhow::anyhow!("--teacher {spec:?}: expected random:<integer seed>"))?;
         tch::manual_seed(seed);

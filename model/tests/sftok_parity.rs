@@ -9,7 +9,6 @@ use sftok_model::config::Config;
 use sftok_model::losses::masked_token_ce;
 use sftok_model::multistep_decoder::DecoderInput;
 use sftok_model::sftok::{SFTok, SFTokConfig};
-use sftok_model::vqgan::VqganConfig;
 use sftok_testkit_tch::{self as tk, Bound};
 use std::collections::BTreeSet;
 use std::ops::Deref;
@@ -35,19 +34,20 @@ fn build(name: &str) -> Fixture {
     // The sidecar's config is the reference's OmegaConf tree: parse it with our config loader.
     let mut tree = side.config().clone();
     tree["model"]["size_tables"] = side.at("/size_tables").clone();
-    let cfg = Config::from_yaml_str(&tree.to_string(), &[]).expect("fixture config parses");
-    let mut scfg = SFTokConfig::from_config(&cfg).unwrap();
     if side["pixel_decoder_config"].is_object() {
-        let i = |k: &str| side.i64_at(&format!("/pixel_decoder_config/{k}"));
-        scfg.pixel_decoder = Some(VqganConfig {
-            num_channels: i("num_channels"),
-            hidden_channels: i("hidden_channels"),
-            channel_mult: side.at("/pixel_decoder_config/channel_mult").as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect(),
-            num_res_blocks: i("num_res_blocks"),
-            z_channels: i("z_channels"),
-            num_embeddings: side.i64_at("/pixel_quantize/num_embeddings"),
+        // Stage 3: the pixel decoder's sizes through our config key `model.pixel_decoder`.
+        let p = side.at("/pixel_decoder_config");
+        tree["model"]["pixel_decoder"] = serde_json::json!({
+            "num_channels": p["num_channels"],
+            "hidden_channels": p["hidden_channels"],
+            "channel_mult": p["channel_mult"],
+            "num_res_blocks": p["num_res_blocks"],
+            "z_channels": p["z_channels"],
+            "num_embeddings": side.at("/pixel_quantize/num_embeddings"),
         });
     }
+    let cfg = Config::from_yaml_str(&tree.to_string(), &[]).expect("fixture config parses");
+    let scfg = SFTokConfig::from_config(&cfg).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let model = SFTok::new(&vs.root(), &scfg);
     let sd = StateDict { tensors: fx.with_prefix("weights.") };

@@ -15,7 +15,7 @@ mod schema;
 
 pub use schema::{
     Dataset, DatasetParams, DecoderConfig, Experiment, ImgGenerator, Losses, LrScheduler, LrSchedulerParams,
-    MaskSchedule, MixedPrecision, Model, Optimizer, OptimizerParams, Preprocessing, SamplingConfig, Training,
+    MaskSchedule, MixedPrecision, Model, Optimizer, OptimizerParams, PixelDecoder, Preprocessing, SamplingConfig, Training,
     TransformerSize, VqModel,
 };
 

@@ -67,6 +67,30 @@ pub struct Model {
     pub img_generator: ImgGenerator,
     /// Extra transformer sizes by name (tiny test models); `small`, `base`, `large` are built in.
     pub size_tables: BTreeMap<String, TransformerSize>,
+    /// Stage 3 / released models: the MaskGIT-VQGAN `pixel_quantize` + `pixel_decoder` (the
+    /// reference hard-codes MaskGIT's sizes; a key here so tiny models can shrink it). The teacher
+    /// whose decoder initialises it (§8) must have the same sizes.
+    pub pixel_decoder: PixelDecoder,
+}
+
+/// Sizes of the MaskGIT-VQGAN decoder and codebook (../shared/spec/teacher-maskgit-vqgan.md);
+/// the defaults are MaskGIT's (`maskgit-vqgan-imagenet-f16-256.bin`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PixelDecoder {
+    pub channel_mult: Vec<i64>,
+    pub hidden_channels: i64,
+    pub num_res_blocks: i64,
+    pub z_channels: i64,
+    pub num_channels: i64,
+    /// Codebook entries (`pixel_quantize.embedding.weight` rows): the decoder's vocabulary.
+    pub num_embeddings: i64,
+}
+
+impl Default for PixelDecoder {
+    fn default() -> Self {
+        PixelDecoder { channel_mult: vec![1, 1, 2, 2, 4], hidden_channels: 128, num_res_blocks: 2, z_channels: 256, num_channels: 3, num_embeddings: 1024 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
