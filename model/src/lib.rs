@@ -8,6 +8,7 @@ pub mod eval;
 pub mod handoff;
 pub mod inception;
 pub mod losses;
+pub mod lpips;
 pub mod multistep_decoder;
 pub mod optvq;
 pub mod proxy_codes;
