@@ -11,6 +11,7 @@ pub mod losses;
 pub mod lpips;
 pub mod multistep_decoder;
 pub mod optvq;
+pub mod patchgan;
 pub mod proxy_codes;
 pub mod sftok;
 pub mod titok_encoder;
