@@ -3,6 +3,9 @@
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod diff_aug;
+pub mod dino_discriminator;
+pub mod disc_loss;
 pub mod doctor;
 pub mod eval;
 pub mod handoff;
