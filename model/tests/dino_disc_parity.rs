@@ -242,7 +242,7 @@ fn dloss_hinge_lecam_ema_buffers_and_head_gradients() {
         let key = format!("expect.dloss.{k}");
         note(&key, check_scalar(&fx, &key, v));
     }
-    tk::assert_exact("loss tensor = logged loss", &Tensor::from_slice(&[out.loss.double_value(&[])]), &Tensor::from_slice(&[out.discriminator_loss]));
+    assert_eq!(out.loss.double_value(&[]), out.discriminator_loss, "the loss tensor is the logged loss");
     note("expect.dloss.ema_real_logits_mean", check(&fx, "expect.dloss.ema_real_logits_mean", &lecam.ema_real));
     note("expect.dloss.ema_fake_logits_mean", check(&fx, "expect.dloss.ema_fake_logits_mean", &lecam.ema_fake));
     check_sn_buffers(&fx, &s, "dloss");
@@ -284,7 +284,8 @@ fn dloss_hinge_lecam_ema_buffers_and_head_gradients() {
     }
 
     let below: Vec<&str> = same_branch.iter().filter(|(_, ok)| !ok).map(|(k, _)| k.as_str()).collect();
-    println!("same-branch tolerance met by {}/{} checked DLOSS keys; not met: {below:?}", same_branch.len() - below.len(), same_branch.len());
+    let (met, all) = (same_branch.len() - below.len(), same_branch.len());
+    println!("same-branch tolerance met by {met}/{all} checked DLOSS keys; not met: {below:?}");
 }
 
 /// The numbers of the spec's heads line: "Heads: 80 state-dict tensors (…), 7,386,245 trainable values".
