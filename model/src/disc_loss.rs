@@ -86,26 +86,37 @@ pub struct DiscriminatorOutput {
     /// Weighted LeCam term (as logged).
     pub lecam_loss: f64,
     pub hinge: f64,
-    pub trace: DiscriminatorTrace,
+    /// None without augmentation (`patchgan`).
+    pub trace: Option<DiscriminatorTrace>,
 }
 
 /// One discriminator loss evaluation, exactly the reference's sequence: `aug(real)`, D, `aug(fake.detach())`,
 /// D, `factor·hinge + lecam_weight·LeCam`, then the EMA update of `lecam` (only when `lecam_weight > 0`).
+/// `aug` is None for `patchgan`, which the reference feeds without DiffAug.
 /// The real images are not made `requires_grad` (the reference does, for an input gradient nobody
 /// uses; results are the same).
 pub fn discriminator_loss(
     disc: &dyn Discriminator,
-    aug: &DiffAug,
+    aug: Option<&DiffAug>,
     lecam: &LeCam,
     real: &Tensor,
     fake: &Tensor,
     factor: f64,
     lecam_weight: f64,
 ) -> DiscriminatorOutput {
-    let (aug_real, real_aug) = aug.aug_with_params(&real.detach());
+    let augment = |x: &Tensor| match aug {
+        Some(a) => {
+            let (y, p) = a.aug_with_params(&x.detach());
+            (y, Some(p))
+        }
+        None => (x.detach(), None),
+    };
+    // The reference's draw order: aug(real), D(real) (its crop coin above 224 px), aug(fake), D(fake).
+    let (aug_real, real_aug) = augment(real);
     let logits_real = disc.logits(&aug_real);
-    let (aug_fake, fake_aug) = aug.aug_with_params(&fake.detach());
+    let (aug_fake, fake_aug) = augment(fake);
     let logits_fake = disc.logits(&aug_fake);
+    let params = real_aug.zip(fake_aug);
 
     let hinge = hinge_d_loss(&logits_real, &logits_fake) * factor;
     let real_mean = logits_real.mean(None::<Kind>);
@@ -126,13 +137,13 @@ pub fn discriminator_loss(
         lecam_loss: f(&lecam_loss),
         hinge: f(&hinge),
         loss,
-        trace: DiscriminatorTrace {
+        trace: params.map(|(real_aug, fake_aug)| DiscriminatorTrace {
             aug_real: aug_real.detach(),
             real_aug,
             aug_fake: aug_fake.detach(),
             fake_aug,
             logits_real: logits_real.detach(),
             logits_fake: logits_fake.detach(),
-        },
+        }),
     }
 }

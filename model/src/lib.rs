@@ -17,6 +17,7 @@ pub mod optvq;
 pub mod patchgan;
 pub mod proxy_codes;
 pub mod sftok;
+pub mod stage3_loss;
 pub mod titok_encoder;
 pub mod train;
 pub mod transformer;

@@ -198,3 +198,9 @@ impl NLayerDiscriminator {
         self.logits_out.forward(&leaky(&self.logits_hidden.forward(&h))) // [B,1,16,16]
     }
 }
+
+impl crate::disc_loss::Discriminator for NLayerDiscriminator {
+    fn logits(&self, x: &Tensor) -> Tensor {
+        self.forward(x)
+    }
+}

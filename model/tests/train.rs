@@ -5,11 +5,12 @@
 mod common;
 
 use sftok_model::config::Config;
-use sftok_model::train::fit::{DataFactory, FitOptions, FitSummary};
+use common::{data, fixed_batch, losses};
+use sftok_model::train::fit::{FitOptions, FitSummary};
 use sftok_model::train::launch::{TrainJob, run_job};
 use sftok_model::train::optim::{AdamW, AdamWConfig, ParamGroup, cosine_lr, uses_weight_decay};
 use sftok_model::train::token_task::TokenTaskOptions;
-use sftok_pipeline::batch::{Batch, BatchStream};
+use sftok_pipeline::batch::Batch;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -76,48 +77,6 @@ fn adamw_matches_pytorch_with_the_reference_groups_and_schedule() {
     assert!(da <= 1e-7 && db <= 1e-7 && dm <= 1e-8, "a {da:e} b {db:e} m {dm:e}");
 }
 
-/// A fixed batch of synth images at the tiny size, repeated (test data).
-struct FixedBatches {
-    batch: Batch,
-    served: u64,
-}
-
-impl BatchStream for FixedBatches {
-    fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
-        self.served += 1;
-        Ok(Some(self.batch.clone()))
-    }
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!({ "served": self.served })
-    }
-}
-
-/// Synth images at the tiny size with the proxy codes of a seeded random teacher, computed once.
-fn fixed_batch(n: usize) -> Batch {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = sftok_pipeline::synth::SynthOptions { out: dir.path().to_path_buf(), classes: 1, per_class: 1, val: n, seed: 5 };
-    sftok_pipeline::synth::synth_imagenet(&opts, &|| {}).unwrap();
-    let mut images = Vec::new();
-    for i in 1..=n {
-        let bytes = std::fs::read(dir.path().join(format!("val/ILSVRC2012_val_{i:08}.JPEG"))).unwrap();
-        let img = sftok_pipeline::transform::decode_rgb(&bytes).unwrap();
-        images.extend(sftok_pipeline::transform::eval_transform(&img, 64, 64).unwrap().data);
-    }
-    let mut batch = Batch { images, size: 64, labels: vec![0; n], keys: (0..n).map(|i| format!("k{i}")).collect(), codes: None, codes_per_image: 0, views: None };
-    let (_vs, teacher) = sftok_model::vqgan::load_teacher("random:0", Device::Cpu).unwrap();
-    let codes = teacher.encode(&sftok_model::handoff::images(&batch, Device::Cpu));
-    batch.codes = Some(Vec::<i64>::try_from(codes.flatten(0, -1)).unwrap().into_iter().map(|c| c as u16).collect());
-    batch.codes_per_image = 16;
-    batch
-}
-
-fn data(batch: Batch) -> DataFactory {
-    Box::new(move |state| {
-        let served = state.and_then(|s| s["served"].as_u64()).unwrap_or(0);
-        Ok(Box::new(FixedBatches { batch: batch.clone(), served }) as Box<dyn BatchStream>)
-    })
-}
-
 fn tiny_config(stage: u32, out: &std::path::Path, extra: &[&str]) -> Config {
     let mut ov: Vec<String> = vec![format!("experiment.output_dir={}", out.display()), "experiment.init_weight=".into()];
     ov.extend(extra.iter().map(|s| s.to_string()));
@@ -131,9 +90,6 @@ fn train(job: TrainJob, config: Config, init: Option<std::path::PathBuf>, teache
     run_job(job, TokenTaskOptions { config, device: Device::Cpu, init, teacher, eval: None }, fit_opts, data(batch))
 }
 
-fn losses(out: &std::path::Path, key: &str) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()[key].as_f64().unwrap()).collect()
-}
 
 #[test]
 fn stage1_overfits_a_fixed_batch_then_stage2_starts_from_its_ema_and_improves() {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sftok::flags::DeviceFlag;
 use sftok_model::config::Config;
-use sftok_model::train::launch::{TrainArgs, TrainJob};
+use sftok_model::train::launch::{LossWeights, TrainArgs, TrainJob};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,9 +69,27 @@ impl StageFlags {
             workers: self.workers,
             rank: self.rank,
             world_size: self.world_size,
+            loss_weights: LossWeights::default(),
             stop,
         }
     }
+}
+
+/// Stage 3: the stage flags plus the frozen networks of its loss.
+#[derive(clap::Args)]
+struct Stage3Flags {
+    #[command(flatten)]
+    stage: StageFlags,
+    /// torchvision VGG16 IMAGENET1K_V1 weights, vgg16-397923af.pth (the LPIPS backbone). random:SEED for smoke tests.
+    #[arg(long)]
+    vgg16_weights: Option<String>,
+    /// LPIPS v0.1 linear layers, vgg.pth (md5 d507d734…; the reference ships it as models/vgg_lpips.pth/vgg.pth). random:SEED for smoke tests.
+    #[arg(long)]
+    lpips_weights: Option<String>,
+    /// DINO ViT-S/16, dino_deitsmall16_pretrain.pth (the discriminator's frozen backbone; not needed with
+    /// losses.discriminator_type=patchgan). random:SEED for smoke tests.
+    #[arg(long)]
+    dino_weights: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -85,6 +103,10 @@ enum Command {
     #[command(after_help = "Example:\n  sftok-train stage2 --config configs/sftok_b64_stage2.yaml --teacher maskgit-vqgan-imagenet-f16-256.bin --init outputs/sftok_b64_stage1_run1/ema_model\n\n\
         The teacher decodes previews and the evaluation of experiment.eval_every (set it to 0 to train without one when the codes are precomputed).")]
     Stage2(StageFlags),
+    /// Stage 3, fine-tuning: encoder and quantizer frozen; decoder + MaskGIT pixel decoder trained on pixels
+    /// (MSE + LPIPS + a DINO discriminator from losses.discriminator_start).
+    #[command(after_help = "Example:\n  sftok-train stage3 --config configs/sftok_b64_stage3.yaml --init outputs/sftok_b64_stage2_run1/ema_model \\\n            --teacher maskgit-vqgan-imagenet-f16-256.bin --vgg16-weights vgg16-397923af.pth --lpips-weights vgg.pth \\\n            --dino-weights dino_deitsmall16_pretrain.pth\n\n        The teacher's decoder and codebook become pixel_decoder / pixel_quantize (the hand-off of stage 2 to 3).\n        Checkpoints add model_1 (discriminator + LeCam state), optimizer_1 and scheduler_1 (its optimiser).\n        The final ema_model/ is the tokenizer: sftok-eval recon|rfid --checkpoint <output_dir>/ema_model (no teacher needed).")]
+    Stage3(Stage3Flags),
     /// Print the effective config: a YAML file plus dotted overrides, `${…}` resolved.
     #[command(after_help = "Example:\n  sftok-train config configs/sftok_b64_stage1.yaml training.per_gpu_batch_size=16")]
     Config {
@@ -120,6 +142,7 @@ fn main() {
         Command::Config { config, overrides } => show_config(config, overrides),
         Command::Stage1(f) => stage(TrainJob::Stage1, f),
         Command::Stage2(f) => stage(TrainJob::Stage2, f),
+        Command::Stage3(f) => stage3(f),
         Command::Init { config, out, seed, overrides } => init(config, out, seed, overrides),
         Command::Doctor { device } => sftok::doctor(&device.device),
     });
@@ -153,7 +176,18 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 }
 
 fn stage(job: TrainJob, flags: StageFlags) -> Result<()> {
-    let summary = sftok_model::train::launch::run(job, flags.into_args(stop_flag()?))?;
+    report(job, flags.into_args(stop_flag()?))
+}
+
+fn stage3(flags: Stage3Flags) -> Result<()> {
+    let mut args = flags.stage.into_args(stop_flag()?);
+    args.loss_weights = LossWeights { vgg16: flags.vgg16_weights, lpips: flags.lpips_weights, dino: flags.dino_weights };
+    report(TrainJob::Stage3, args)
+}
+
+/// Runs the job and prints where its outputs are.
+fn report(job: TrainJob, args: TrainArgs) -> Result<()> {
+    let summary = sftok_model::train::launch::run(job, args)?;
     let out = &summary.output_dir;
     if summary.interrupted {
         println!("interrupted at step {}; resume with the same command (--resume auto)", summary.global_step);

@@ -123,6 +123,9 @@ pub struct ReconItem {
     pub source: String,
     pub tokens: Vec<i64>,
     pub psnr: f64,
+    /// PSNR of the image filled with its own mean colour: what a reconstruction must beat to carry
+    /// more than one colour per image.
+    pub mean_colour_psnr: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -131,6 +134,8 @@ pub struct ReconReport {
     pub steps: i64,
     pub seed: i64,
     pub mean_psnr: f64,
+    /// Mean of the per-image mean-colour baseline.
+    pub mean_colour_psnr: f64,
     pub images: Vec<ReconItem>,
     #[serde(skip)]
     pub grid: PathBuf,
@@ -154,8 +159,10 @@ pub fn write_reconstructions(req: &ReconRequest) -> Result<ReconReport> {
         tch::manual_seed(req.model.seed); // generate draws Gumbel noise: seeded for reproducible output
         let (y, tokens) = reconstruct(&loaded.model, teacher.as_ref().map(|t| &t.1), &x)?;
         let p = psnr(&x, &y);
+        let flat = psnr(&x, &x.mean_dim([2i64, 3].as_slice(), true, tch::Kind::Float).expand_as(&x));
         for (i, path) in chunk_paths.iter().enumerate() {
-            items.push(ReconItem { source: path.display().to_string(), tokens: Vec::<i64>::try_from(tokens.get(i as i64))?, psnr: p[i] });
+            let tokens = Vec::<i64>::try_from(tokens.get(i as i64))?;
+            items.push(ReconItem { source: path.display().to_string(), tokens, psnr: p[i], mean_colour_psnr: flat[i] });
         }
         recons.extend(to_images(&y)?);
     }
@@ -173,12 +180,16 @@ pub fn write_reconstructions(req: &ReconRequest) -> Result<ReconReport> {
     let png = sftok_pipeline::transform::encode_png(&sftok_pipeline::transform::grid(&rows, 4))?;
     let grid = req.out.join("grid.png");
     sftok_pipeline::fsutil::write_atomic(&grid, &png)?;
-    let finite: Vec<f64> = items.iter().map(|i| i.psnr).filter(|p| p.is_finite()).collect();
+    let finite_mean = |v: Vec<f64>| {
+        let f: Vec<f64> = v.into_iter().filter(|p| p.is_finite()).collect();
+        f.iter().sum::<f64>() / f.len().max(1) as f64
+    };
     let report = ReconReport {
         checkpoint: req.model.checkpoint.display().to_string(),
         steps: loaded.config.model.generator.num_steps,
         seed: req.model.seed,
-        mean_psnr: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
+        mean_psnr: finite_mean(items.iter().map(|i| i.psnr).collect()),
+        mean_colour_psnr: finite_mean(items.iter().map(|i| i.mean_colour_psnr).collect()),
         images: items,
         grid,
     };
@@ -201,6 +212,7 @@ pub fn run(req: &ReconRequest) -> Result<()> {
         report.steps,
         t0.elapsed().as_secs_f64() / report.images.len() as f64
     );
+    println!("mean-colour baseline (each image filled with its own mean colour): {:.2} dB", report.mean_colour_psnr);
     println!("grid: {}  tokens: {}", report.grid.display(), req.out.join("tokens.json").display());
     Ok(())
 }

@@ -4,8 +4,10 @@
 use super::fit::{DataFactory, FitOptions, FitSummary, fit};
 use super::stage1::{Stage1, Stage1Task};
 use super::stage2::{Stage2, Stage2Task};
+use super::stage3::{self, Stage3Options, Stage3Task};
 use super::token_task::{EvalSetup, TokenStage, TokenTaskOptions};
 use crate::config::Config;
+use crate::stage3_loss::{DiscriminatorType, FrozenNets};
 use anyhow::{Context, Result, bail};
 use sftok_pipeline::batch::BatchStream;
 use sftok_pipeline::loader::{Loader, LoaderConfig};
@@ -20,6 +22,8 @@ pub enum TrainJob {
     Stage1,
     /// Distribution alignment: self-forcing guided visual reconstruction.
     Stage2,
+    /// Fine-tuning: decoder + pixel decoder towards pixels, with a discriminator.
+    Stage3,
 }
 
 impl TrainJob {
@@ -27,6 +31,7 @@ impl TrainJob {
         match self {
             TrainJob::Stage1 => Stage1::NAME,
             TrainJob::Stage2 => Stage2::NAME,
+            TrainJob::Stage3 => stage3::NAME,
         }
     }
 
@@ -35,6 +40,7 @@ impl TrainJob {
         match self {
             TrainJob::Stage1 => Stage1::check_config(cfg),
             TrainJob::Stage2 => Stage2::check_config(cfg),
+            TrainJob::Stage3 => stage3::check_config(cfg),
         }
     }
 }
@@ -54,8 +60,41 @@ pub struct TrainArgs {
     pub workers: Option<usize>,
     pub rank: Option<usize>,
     pub world_size: Option<usize>,
+    /// Stage 3's frozen loss networks.
+    pub loss_weights: LossWeights,
     /// Set by Ctrl-C: save a checkpoint and return.
     pub stop: Arc<AtomicBool>,
+}
+
+/// Where stage 3's frozen networks come from: a file each, or `random:SEED` (tests, the demo).
+#[derive(Clone, Debug, Default)]
+pub struct LossWeights {
+    /// torchvision's `vgg16-397923af.pth` (the LPIPS backbone).
+    pub vgg16: Option<String>,
+    /// LPIPS v0.1 `vgg.pth` (the five linear layers).
+    pub lpips: Option<String>,
+    /// `dino_deitsmall16_pretrain.pth` (the discriminator's frozen backbone).
+    pub dino: Option<String>,
+}
+
+impl LossWeights {
+    /// Loads what `losses` asks for; a missing flag is an error naming it and the file.
+    pub fn load(&self, losses: &crate::config::Losses, device: tch::Device) -> Result<FrozenNets> {
+        let need = |v: &Option<String>, flag: &str, file: &str| -> Result<String> {
+            v.clone().with_context(|| format!("stage 3 needs {flag} {file} (or {flag} random:SEED for a smoke test)"))
+        };
+        let vgg = need(&self.vgg16, "--vgg16-weights", "vgg16-397923af.pth (torchvision VGG16 IMAGENET1K_V1, the LPIPS backbone)")?;
+        let lin = need(&self.lpips, "--lpips-weights", "vgg.pth (the LPIPS v0.1 linear layers)")?;
+        let lpips = crate::lpips::load_lpips(&vgg, &lin, device)?;
+        let dino = match DiscriminatorType::from_config(losses)? {
+            DiscriminatorType::DinoDisc => {
+                let spec = need(&self.dino, "--dino-weights", "dino_deitsmall16_pretrain.pth (the DINO ViT-S/16 backbone of losses.discriminator_type=dinodisc)")?;
+                Some(crate::dino_discriminator::load_dino_backbone(&spec, device)?)
+            }
+            DiscriminatorType::PatchGan => None,
+        };
+        Ok(FrozenNets { lpips, dino })
+    }
 }
 
 /// The training stream of the config: shards (+ proxy codes), train transform, seeded order.
@@ -86,6 +125,9 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
         // default). Set before any CUDA work, while the process is single-threaded.
         unsafe { std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1") };
     }
+    if job == TrainJob::Stage3 {
+        return run_stage3(cfg, device, args);
+    }
     let with_codes = !cfg.dataset.params.train_proxy_codes_path.is_empty();
     if !with_codes && args.teacher.is_none() {
         bail!(
@@ -105,40 +147,71 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
         }
         None => None,
     };
-    let eval = (cfg.experiment.eval_every > 0).then(|| -> Result<EvalSetup> {
-        let inception = match &args.fid_weights {
-            // float64 features, as the reference evaluator computes them.
-            Some(path) => Some(crate::inception::load_inception(path, device, Kind::Double).context("--fid-weights")?),
-            None => {
-                eprintln!("experiment.eval_every without --fid-weights: periodic evaluation reports PSNR and codebook use, no rFID");
-                None
-            }
-        };
-        Ok(EvalSetup {
-            shards: cfg.dataset.params.eval_shards_path_or_url.clone(),
-            inception,
-            batch: cfg.training.per_gpu_batch_size as usize,
-            max_images: args.eval_max_images,
-        })
-    });
-    let eval = eval.transpose()?;
-    let lc = loader_config(&cfg, &args, with_codes)?;
-    let data: DataFactory = Box::new(move |state| {
-        let loader = match state {
-            Some(s) => Loader::restore(lc.clone(), &s).context("restoring the data loader from the checkpoint")?,
-            None => Loader::new(lc.clone())?,
-        };
-        Ok(Box::new(loader) as Box<dyn BatchStream>)
-    });
+    let eval = eval_setup(&cfg, &args, device)?;
+    let data = data_factory(loader_config(&cfg, &args, with_codes)?);
     let fit_opts = FitOptions { config: cfg.clone(), device, resume: args.resume.clone(), max_nonfinite_in_a_row: 20, stop: args.stop.clone() };
     let task_opts = TokenTaskOptions { config: cfg, device, init: args.init.clone(), teacher, eval };
     run_job(job, task_opts, fit_opts, data)
 }
 
-/// Builds the job's task and runs the loop on `data` (also the entry point of the library's tests).
+/// Stage 3: no proxy codes; the teacher (of `model.pixel_decoder`'s sizes) only initialises the
+/// pixel modules; the loss networks come from [`LossWeights`].
+fn run_stage3(cfg: Config, device: tch::Device, args: TrainArgs) -> Result<FitSummary> {
+    let teacher = match &args.teacher {
+        Some(spec) => {
+            if spec.starts_with("random:") {
+                eprintln!("warning: --teacher {spec} is a randomly initialised teacher: the pixel decoder starts from random weights, not MaskGIT's");
+            }
+            let sizes = crate::vqgan::VqganConfig::from(&cfg.model.pixel_decoder);
+            Some(crate::vqgan::load_teacher_sized(spec, &sizes, device).context("--teacher (initialises pixel_decoder / pixel_quantize)")?)
+        }
+        None => None,
+    };
+    let frozen = args.loss_weights.load(&cfg.losses, device)?;
+    let eval = eval_setup(&cfg, &args, device)?;
+    let data = data_factory(loader_config(&cfg, &args, false)?);
+    let fit_opts = FitOptions { config: cfg.clone(), device, resume: args.resume.clone(), max_nonfinite_in_a_row: 20, stop: args.stop.clone() };
+    let task = Stage3Options { config: cfg, device, init: args.init.clone(), teacher, frozen, eval };
+    fit(&mut Stage3Task::new(task)?, fit_opts, data)
+}
+
+/// `experiment.eval_every`'s set-up: the val shards and, with `--fid-weights`, the Inception.
+fn eval_setup(cfg: &Config, args: &TrainArgs, device: tch::Device) -> Result<Option<EvalSetup>> {
+    if cfg.experiment.eval_every == 0 {
+        return Ok(None);
+    }
+    let inception = match &args.fid_weights {
+        // float64 features, as the reference evaluator computes them.
+        Some(path) => Some(crate::inception::load_inception(path, device, Kind::Double).context("--fid-weights")?),
+        None => {
+            eprintln!("experiment.eval_every without --fid-weights: periodic evaluation reports PSNR and codebook use, no rFID");
+            None
+        }
+    };
+    Ok(Some(EvalSetup {
+        shards: cfg.dataset.params.eval_shards_path_or_url.clone(),
+        inception,
+        batch: cfg.training.per_gpu_batch_size as usize,
+        max_images: args.eval_max_images,
+    }))
+}
+
+/// The training stream, fresh or restored from a checkpoint's loader position.
+fn data_factory(lc: LoaderConfig) -> DataFactory {
+    Box::new(move |state| {
+        let loader = match state {
+            Some(s) => Loader::restore(lc.clone(), &s).context("restoring the data loader from the checkpoint")?,
+            None => Loader::new(lc.clone())?,
+        };
+        Ok(Box::new(loader) as Box<dyn BatchStream>)
+    })
+}
+
+/// Builds a token job's task and runs the loop on `data` (also the entry point of the library's tests).
 pub fn run_job(job: TrainJob, task: TokenTaskOptions, fit_opts: FitOptions, data: DataFactory) -> Result<FitSummary> {
     match job {
         TrainJob::Stage1 => fit(&mut Stage1Task::new(task)?, fit_opts, data),
         TrainJob::Stage2 => fit(&mut Stage2Task::new(task)?, fit_opts, data),
+        TrainJob::Stage3 => bail!("stage 3 is not a token task: use launch::run or Stage3Task"),
     }
 }

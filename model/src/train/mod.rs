@@ -11,6 +11,7 @@ pub mod plot;
 pub mod run_log;
 pub mod stage1;
 pub mod stage2;
+pub mod stage3;
 pub mod state;
 pub mod task;
 pub mod tensorboard;

@@ -206,7 +206,7 @@ impl<S: TokenStage> Task for TokenTask<S> {
         let (Some(teacher), Some(x)) = (self.teacher(), &self.last_images) else {
             return Ok(Preview::Unavailable("no --teacher: stage-1/2 reconstructions need the teacher's decoder".into()));
         };
-        Ok(Preview::Image(reconstruction_grid(&self.model, teacher, x, n as i64)?))
+        Ok(Preview::Image(reconstruction_grid(&self.model, Some(teacher), x, n as i64)?))
     }
 
     fn evaluate(&mut self) -> Result<Metrics> {
@@ -241,9 +241,10 @@ impl<S: TokenStage> Task for TokenTask<S> {
 }
 
 /// Reconstruction strip for TensorBoard: [original | reconstruction | |difference|] per image.
-fn reconstruction_grid(model: &SFTok, teacher: &MaskgitVqgan, x: &Tensor, n: i64) -> Result<RgbImage> {
+/// Stage-1/2 models decode through the teacher, stage-3 models through their pixel decoder.
+pub(super) fn reconstruction_grid(model: &SFTok, teacher: Option<&MaskgitVqgan>, x: &Tensor, n: i64) -> Result<RgbImage> {
     let x = x.narrow(0, 0, n.min(x.size()[0]));
-    let (y, _) = crate::eval::recon::reconstruct(model, Some(teacher), &x)?;
+    let (y, _) = crate::eval::recon::reconstruct(model, teacher, &x)?;
     let diff = (&x - &y).abs();
     let (a, b, c) = (crate::eval::recon::to_images(&x)?, crate::eval::recon::to_images(&y)?, crate::eval::recon::to_images(&diff)?);
     let rows: Vec<Vec<&RgbImage>> = (0..a.len()).map(|i| vec![&a[i], &b[i], &c[i]]).collect();
@@ -252,7 +253,7 @@ fn reconstruction_grid(model: &SFTok, teacher: &MaskgitVqgan, x: &Tensor, n: i64
 
 /// `ema_eval/*` over the val shards: the stage's eval path, reconstructions rounded to 8 bits,
 /// as `sftok-eval rfid` computes them (spec §11.3; SSIM and LPIPS are not computed).
-fn evaluate_val(model: &SFTok, teacher: Option<&MaskgitVqgan>, eval: &EvalSetup, cfg: &Config) -> Result<Metrics> {
+pub(super) fn evaluate_val(model: &SFTok, teacher: Option<&MaskgitVqgan>, eval: &EvalSetup, cfg: &Config) -> Result<Metrics> {
     let pre = &cfg.dataset.preprocessing;
     let o = ReconEvalOptions {
         shards: eval.shards.clone(),
