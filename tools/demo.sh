@@ -44,12 +44,31 @@ step "7. stage 2 — self-forcing from stage 1's EMA weights (sftok-train stage2
   training.max_train_steps=100 experiment.save_every=100 experiment.generate_every=50 \
   experiment.eval_every=50 experiment.log_grad_norm_every=20
 
-step "8. reconstructions with the trained model (sftok-eval recon)"
+step "8. reconstructions with the stage-2 model (sftok-eval recon; its proxy codes decoded by the teacher)"
 # shellcheck disable=SC2086
 "$bin/sftok-eval" recon --checkpoint outputs/sftok_tiny_stage2_run1/ema_model --teacher random:0 --device cpu \
-  --out recon --images $val_images
+  --out recon --images $val_images | tee recon.log
 
-step "9. rFID on the val shards (sftok-eval rfid) — RANDOM-WEIGHT Inception: only a smoke test of the pipeline"
+step "9. stage 3 — fine-tuning the decoder + pixel decoder on pixels (sftok-train stage3)"
+echo "   (RANDOM-weight LPIPS VGG16 and DINO backbone: with vgg16-397923af.pth, vgg.pth and"
+echo "    dino_deitsmall16_pretrain.pth the perceptual and adversarial terms would mean something)"
+"$bin/sftok-train" stage3 --config "$root/configs/tiny/sftok_tiny_stage3.yaml" --device cpu --teacher random:0 \
+  --vgg16-weights random:1 --lpips-weights random:2 --dino-weights random:3 \
+  training.max_train_steps=120 losses.discriminator_start=112 optimizer.params.learning_rate=1e-3 \
+  experiment.save_every=60 experiment.generate_every=60
+
+step "10. reconstructions with the stage-3 model (sftok-eval recon; its own pixel decoder, no teacher)"
+# shellcheck disable=SC2086
+"$bin/sftok-eval" recon --checkpoint outputs/sftok_tiny_stage3_run1/ema_model --device cpu \
+  --out recon3 --images $val_images | tee recon3.log
+psnr_of() { sed -n "s/^$2 \([0-9.-]*\) dB.*/\1/p" "$1" | head -n 1; }
+echo
+echo "mean val PSNR on the same $(echo "$val_images" | wc -w) images:"
+echo "  stage-2 model (through the random teacher)   $(psnr_of recon.log 'mean PSNR') dB"
+echo "  stage-3 model (its own pixel decoder)        $(psnr_of recon3.log 'mean PSNR') dB"
+echo "  each image filled with its own mean colour   $(sed -n 's/^mean-colour baseline.*: \([0-9.-]*\) dB/\1/p' recon3.log) dB"
+
+step "11. rFID on the val shards (sftok-eval rfid) — RANDOM-WEIGHT Inception: only a smoke test of the pipeline"
 "$bin/sftok-eval" rfid --checkpoint outputs/sftok_tiny_stage2_run1/ema_model --teacher random:0 --shards shards/val \
   --random-weights 0 --float32 --device cpu --batch 8
 
@@ -58,6 +77,6 @@ echo "  fake ImageNet        $out/imagenet  (train/, val/, LOC_val_solution.csv,
 echo "  effective config     $out/sftok_tiny_stage1.effective.yaml"
 echo "  shards               $out/shards/{train,val}/  (<split>-NNNNNN.tar + manifest.json)"
 echo "  proxy codes          $out/codes/train/  (one Parquet file per shard)"
-echo "  stage 1 / stage 2    $out/outputs/sftok_tiny_stage{1,2}_run1/  (checkpoint-*/, ema_model/, loss.png, metrics.jsonl with ema_eval/*)"
+echo "  stage 1 / 2 / 3      $out/outputs/sftok_tiny_stage{1,2,3}_run1/  (checkpoint-*/, ema_model/, loss.png, metrics.jsonl)"
 echo "  TensorBoard          tensorboard --logdir $out/outputs"
-echo "  reconstructions      $out/recon/grid.png  (original | reconstruction), tokens.json with PSNR"
+echo "  reconstructions      $out/recon/grid.png (stage 2), $out/recon3/grid.png (stage 3): original | reconstruction; tokens.json with PSNR"

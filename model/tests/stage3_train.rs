@@ -1,5 +1,6 @@
 //! Stage 3 on the tiny config (../shared/spec/sftok-training.md §6b, §9): the loop trains the
-//! pixel path and runs the discriminator from `losses.discriminator_start` on.
+//! pixel path and runs the discriminator from `losses.discriminator_start` on, and accumulating two
+//! micro-batches gives the gradients of one batch of both, for the generator and the discriminator.
 
 mod common;
 
@@ -8,9 +9,12 @@ use sftok_model::config::Config;
 use sftok_model::stage3_loss::FrozenNets;
 use sftok_model::train::fit::{FitOptions, fit};
 use sftok_model::train::stage3::{Stage3Options, Stage3Task};
+use sftok_model::train::task::{Precision, StepContext, Task};
+use sftok_pipeline::batch::Batch;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use tch::Device;
+use tch::{Device, Tensor};
 
 fn config(out: &std::path::Path, extra: &[&str]) -> Config {
     let mut ov: Vec<String> = vec![format!("experiment.output_dir={}", out.display()), "experiment.init_weight=".into()];
@@ -61,4 +65,74 @@ fn stage3_trains_the_pixel_path_and_starts_the_discriminator_at_discriminator_st
     // The reconstruction loss falls by far: from the random pixel decoder's output to about the
     // batch's mean colours (the tiny model at this step count gets no further; see the README).
     assert!(mse[mse.len() - 1] < 0.2 * mse[0], "MSE {:.4} → {:.4}", mse[0], mse[mse.len() - 1]);
+}
+
+/// Gradients of the generator (model parameters) and of the discriminator after one batch.
+fn grads(t: &Stage3Task) -> (BTreeMap<String, Tensor>, BTreeMap<String, Tensor>) {
+    let model = t.param_groups().into_iter().flat_map(|g| g.params).map(|(n, p)| (n, p.grad().copy())).collect();
+    let disc = t.discriminator_parameters().iter().map(|(n, p)| (n.clone(), p.grad().copy())).collect();
+    (model, disc)
+}
+
+/// `batch` twice over, as one batch.
+fn doubled(batch: &Batch) -> Batch {
+    let mut b = batch.clone();
+    b.images.extend_from_slice(&batch.images);
+    b.labels.extend_from_slice(&batch.labels);
+    b.keys.extend(batch.keys.iter().map(|k| format!("{k}-again")));
+    b
+}
+
+#[test]
+fn accumulating_two_micro_batches_gives_the_gradients_of_one_batch_of_both() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let micro = fixed_batch(2);
+    // No masking (the decoder input is then the guidance prediction everywhere: no random draw
+    // matters), the discriminator from step 0, PatchGAN (per-sample; no DiffAug): the loss of a
+    // batch is the mean of its samples' losses. The two micro-batches are the same images, so that
+    // OptVQ's batch-dependent assignment is that of the doubled batch too (spec §13 item 17).
+    let common_ov = ["losses.discriminator_type=patchgan", "losses.discriminator_start=0", "training.max_mask_ratio=0"];
+    let cfg = |accum: &str| {
+        let mut ov = common_ov.to_vec();
+        ov.push(accum);
+        config(dir.path(), &ov)
+    };
+    let run = |cfg: &Config, batches: &[&Batch]| {
+        let mut t = task(cfg);
+        t.init_fresh(&mut |_| {}).unwrap();
+        let n = batches.len() as f64;
+        for (i, b) in batches.iter().enumerate() {
+            let ctx = StepContext { device: Device::Cpu, precision: Precision::Float32, global_step: 0, micro_step: i as u64 };
+            tch::manual_seed(7);
+            let out = t.step(b, &ctx).unwrap();
+            (out.loss / n).backward(); // as the loop: each micro-batch's loss over the accumulation steps
+            t.after_micro_step(&ctx, false).unwrap(); // no optimiser step: read the accumulated gradients
+        }
+        grads(&t)
+    };
+    let (gm_acc, gd_acc) = run(&cfg("training.gradient_accumulation_steps=2"), &[&micro, &micro]);
+    let (gm_one, gd_one) = run(&cfg("training.gradient_accumulation_steps=1"), &[&doubled(&micro)]);
+    // Tolerance: the two differ by float32 summation order only. Reductions run over at most
+    // 4·3·64·64 ≈ 5·10⁴ terms, so the round-off is ≲ √n·ε ≈ 220 · 6e-8 ≈ 1.3e-5 of the summed
+    // terms' magnitude. A tensor's largest gradient bounds that magnitude unless the terms cancel
+    // (biases before a normalisation, the logit bias of a hinge loss): allow 1e-4 of the tensor's
+    // largest gradient or 1e-5 of the module's, whichever is larger (the fixtures' rule, README §12,
+    // uses 1e-6 of the module's largest gradient for float32 vs float64).
+    for (what, a, b) in [("generator", &gm_acc, &gm_one), ("discriminator", &gd_acc, &gd_one)] {
+        assert_eq!(a.len(), b.len());
+        assert!(!a.is_empty());
+        let mut worst = 0f64;
+        let module_max = b.values().map(|g| g.abs().max().double_value(&[])).fold(0.0, f64::max);
+        for (n, ga) in a {
+            let gb = &b[n];
+            assert!(ga.defined() && gb.defined(), "{what} {n}: no gradient");
+            let scale = gb.abs().max().double_value(&[]);
+            let diff = (ga - gb).abs().max().double_value(&[]);
+            let tol = (1e-4 * scale).max(1e-5 * module_max);
+            worst = worst.max(diff / tol);
+            assert!(diff <= tol, "{what} {n}: accumulated vs one batch differ by {diff:e} > {tol:e} (max |g| {scale:e}, module {module_max:e})");
+        }
+        eprintln!("{what}: {} tensors, worst difference {worst:.2} of its tolerance", a.len());
+    }
 }

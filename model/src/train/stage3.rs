@@ -177,6 +177,11 @@ impl Stage3Task {
         })
     }
 
+    /// The discriminator's trainable parameters (its optimiser's), by name.
+    pub fn discriminator_parameters(&self) -> &BTreeMap<String, Tensor> {
+        self.loss.trainable()
+    }
+
     fn accumulation(&self) -> f64 {
         self.cfg.training.gradient_accumulation_steps.max(1) as f64
     }
