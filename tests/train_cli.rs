@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{bin, run_ok, shards};
+use common::{bin, metric_rows as losses, run_ok, shards};
 use std::path::Path;
 
 /// `sftok-train stage1` of the tiny config on the CPU, run in `dir`.
@@ -25,19 +25,6 @@ fn stage1(dir: &Path, out: &str) -> std::process::Command {
         "experiment.log_every=1",
     ]);
     c
-}
-
-/// Metric rows without the wall-clock throughput.
-fn losses(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("samples/sec");
-            v
-        })
-        .collect()
 }
 
 #[test]

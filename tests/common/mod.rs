@@ -82,3 +82,16 @@ pub fn write_fid_fixture_weights(path: &Path) {
     sd.push(("fc.bias".into(), Tensor::zeros([classes], (Kind::Half, Device::Cpu))));
     Tensor::write_safetensors(&sd, path).unwrap();
 }
+
+/// Metric rows without the wall-clock throughput.
+pub fn metric_rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("samples/sec");
+            v
+        })
+        .collect()
+}

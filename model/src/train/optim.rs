@@ -37,6 +37,12 @@ pub fn reference_param_groups(trainable: BTreeMap<String, Tensor>, weight_decay:
     ]
 }
 
+/// [`reference_param_groups`] over the variables of `vs` that require grad (frozen ones are in none).
+pub fn trainable_param_groups(vs: &tch::nn::VarStore, weight_decay: f64) -> Vec<ParamGroup> {
+    let trainable: BTreeMap<String, Tensor> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    reference_param_groups(trainable, weight_decay)
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWConfig {
     pub beta1: f64,

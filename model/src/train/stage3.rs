@@ -12,7 +12,7 @@
 //! `model_1.safetensors` (the loss module: discriminator parameters and buffers, LeCam EMA),
 //! `optimizer_1.safetensors` (the discriminator's AdamW moments), `scheduler_1.json` (its step count).
 
-use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm, reference_param_groups};
+use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm, reference_param_groups, trainable_param_groups};
 use super::plot::Panel;
 use super::task::{Metrics, ParamGroup, Precision, Preview, StepContext, StepOutput, Task};
 use super::token_task::{EvalSetup, evaluate_val, reconstruction_grid, require_flag};
@@ -197,8 +197,7 @@ impl Task for Stage3Task {
     }
 
     fn param_groups(&self) -> Vec<ParamGroup> {
-        let trainable: BTreeMap<String, Tensor> = self.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
-        reference_param_groups(trainable, self.cfg.optimizer.params.weight_decay)
+        trainable_param_groups(&self.vs, self.cfg.optimizer.params.weight_decay)
     }
 
     fn init_fresh(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {

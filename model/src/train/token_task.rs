@@ -4,7 +4,7 @@
 //! decoder input of the main pass and the decoding steps of previews and evaluation — is a
 //! [`TokenStage`] (`stage1.rs`, `stage2.rs`).
 
-use super::optim::reference_param_groups;
+use super::optim::trainable_param_groups;
 use super::plot::Panel;
 use super::task::{Metrics, ParamGroup, Preview, StepContext, StepOutput, Task};
 use crate::config::Config;
@@ -16,7 +16,6 @@ use crate::vqgan::MaskgitVqgan;
 use anyhow::{Context, Result, bail};
 use sftok_pipeline::batch::Batch;
 use sftok_pipeline::transform::RgbImage;
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor, nn};
@@ -178,8 +177,7 @@ impl<S: TokenStage> Task for TokenTask<S> {
     }
 
     fn param_groups(&self) -> Vec<ParamGroup> {
-        let trainable: BTreeMap<String, Tensor> = self.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
-        reference_param_groups(trainable, self.cfg.optimizer.params.weight_decay)
+        trainable_param_groups(&self.vs, self.cfg.optimizer.params.weight_decay)
     }
 
     fn init_fresh(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {
