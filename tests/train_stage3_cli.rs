@@ -71,3 +71,18 @@ fn safetensors_names(path: &Path) -> Vec<String> {
     let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     header.keys().filter(|k| *k != "__metadata__").cloned().collect()
 }
+
+#[test]
+fn stage3_without_the_lpips_weights_is_an_error_naming_the_flag_and_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = common::repo().join("configs/tiny/sftok_tiny_stage3.yaml");
+    let out = bin("sftok-train")
+        .current_dir(tmp.path())
+        .args(["stage3", "--config", config.to_str().unwrap(), "--device", "cpu", "--dino-weights", "random:3", "experiment.output_dir=o"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--vgg16-weights") && err.contains("vgg16-397923af.pth"), "{err}");
+    assert!(!tmp.path().join("o").exists(), "a refused run wrote its output_dir");
+}

@@ -297,8 +297,8 @@ fn missing_weights_message(path: &str) -> String {
 pub fn load_dino_backbone(spec: &str, device: Device) -> Result<(nn::VarStore, DinoBackbone)> {
     let vs = nn::VarStore::new(device);
     let backbone = DinoBackbone::new(vs.root());
-    let sd = if let Some(seed) = spec.strip_prefix("random:") {
-        let seed: u64 = seed.trim().parse().with_context(|| format!("`{spec}`: random:SEED needs an integer seed"))?;
+    let sd = if let Some(seed) = checkpoint::random_weights_seed(spec) {
+        let seed = seed? as u64;
         eprintln!(
             "WARNING: the DINO discriminator backbone has RANDOM weights ({spec}); this is for tests and demos only — \
              a real stage-3 run needs {DINO_URL}"

@@ -273,11 +273,6 @@ pub fn lpips_lin_only(sd: StateDict) -> StateDict {
     StateDict { tensors: sd.tensors.into_iter().filter(|(n, _)| n.starts_with("lin")).collect() }
 }
 
-/// Parses `random:SEED`.
-fn random_seed(spec: &str) -> Option<Result<i64>> {
-    spec.strip_prefix("random:").map(|s| s.parse::<i64>().with_context(|| format!("`{spec}`: the seed after random: is not an integer")))
-}
-
 /// Seeded random VGG16 weights (Kaiming-normal convolutions, zero biases) under LPIPS names.
 fn random_vgg(seed: i64) -> StateDict {
     tch::manual_seed(seed);
@@ -314,7 +309,7 @@ fn random_lin(seed: i64) -> StateDict {
 ///   d507d7349b931f0638a25a48a722f98a, shipped in the SFTok repo as `models/vgg_lpips.pth/vgg.pth`),
 ///   any file holding those keys (e.g. the same full LPIPS file as `vgg16`), or `random:SEED`.
 pub fn load_lpips(vgg16: &str, lin: &str, device: Device) -> Result<(nn::VarStore, Lpips)> {
-    let vgg_sd = match random_seed(vgg16) {
+    let vgg_sd = match checkpoint::random_weights_seed(vgg16) {
         Some(seed) => {
             let seed = seed?;
             eprintln!(
@@ -330,7 +325,7 @@ pub fn load_lpips(vgg16: &str, lin: &str, device: Device) -> Result<(nn::VarStor
             )
         })?),
     };
-    let lin_sd = match random_seed(lin) {
+    let lin_sd = match checkpoint::random_weights_seed(lin) {
         Some(seed) => {
             let seed = seed?;
             eprintln!(

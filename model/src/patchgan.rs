@@ -32,7 +32,7 @@
 //! Initialisation is PyTorch's default (the reference applies none): convolution weights and
 //! biases U(±1/√fan_in), GroupNorm weight 1, bias 0.
 
-use tch::nn::{self, Init};
+use tch::nn::{self, Init, Module};
 use tch::{Kind, Tensor};
 
 /// `NLayerDiscriminator`'s constructor arguments (the reference's defaults).
@@ -117,20 +117,9 @@ impl Blur {
     }
 }
 
-#[derive(Debug)]
-struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl GroupNorm {
-    fn new(p: nn::Path, c: i64) -> Self {
-        GroupNorm { weight: p.ones("weight", &[c]), bias: p.zeros("bias", &[c]) }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.group_norm(GN_GROUPS, Some(&self.weight), Some(&self.bias), GN_EPS, false)
-    }
+/// GroupNorm(32), PyTorch's default eps (tch's layer with the plain kernel).
+fn group_norm(p: nn::Path, c: i64) -> nn::GroupNorm {
+    nn::group_norm(p, GN_GROUPS, c, nn::GroupNormConfig { eps: GN_EPS, cudnn_enabled: false, ..Default::default() })
 }
 
 /// `blocks.{i}`: conv (`.0`), blur (`.1`), GroupNorm (`.2`), LeakyReLU (`.3`).
@@ -138,7 +127,7 @@ impl GroupNorm {
 struct Stage {
     conv: SameConv,
     blur: Blur,
-    norm: GroupNorm,
+    norm: nn::GroupNorm,
 }
 
 /// `LeakyReLU(0.1)`: `x` where `x > 0`, else `0.1·x` (gradient 1 / 0.1 on the same sides as
@@ -173,7 +162,7 @@ impl NLayerDiscriminator {
             .map(|i| {
                 let p = &blocks_p / i;
                 let (c_in, c_out) = (h * mult(i), h * mult(i + 1));
-                Stage { conv: SameConv::new(&p / 0, c_in, c_out, 3), blur: Blur::new(&p / 1, &cfg.blur_kernel), norm: GroupNorm::new(&p / 2, c_out) }
+                Stage { conv: SameConv::new(&p / 0, c_in, c_out, 3), blur: Blur::new(&p / 1, &cfg.blur_kernel), norm: group_norm(&p / 2, c_out) }
             })
             .collect();
         let c = h * mult(cfg.num_stages);

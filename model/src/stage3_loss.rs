@@ -100,9 +100,14 @@ impl Stage3Loss {
         &self.trainable
     }
 
-    /// `discriminator_factor` if `global_step ≥ discriminator_start`, else 0 (and no discriminator).
+    /// The reference's `should_discriminator_be_trained`: `global_step ≥ discriminator_start`.
+    pub fn trains_discriminator(&self, global_step: u64) -> bool {
+        global_step >= self.cfg.discriminator_start
+    }
+
+    /// `discriminator_factor` from `discriminator_start` on, else 0 (and no discriminator).
     pub fn discriminator_factor(&self, global_step: u64) -> f64 {
-        if global_step >= self.cfg.discriminator_start { self.cfg.discriminator_factor } else { 0.0 }
+        if self.trains_discriminator(global_step) { self.cfg.discriminator_factor } else { 0.0 }
     }
 
     /// §7.3: `L_G` of real images `x` and the soft-path reconstruction `x_hat` (not clamped), with

@@ -50,23 +50,10 @@ impl Default for VqganConfig {
 const GN_GROUPS: i64 = 32;
 const GN_EPS: f64 = 1e-6;
 
-/// GroupNorm(32) with affine weight and bias, as `norm1`, `norm2`, `norm_out`.
-#[derive(Debug)]
-struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl GroupNorm {
-    fn new(p: nn::Path, c: i64) -> Self {
-        GroupNorm { weight: p.ones("weight", &[c]), bias: p.zeros("bias", &[c]) }
-    }
-}
-
-impl Module for GroupNorm {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.group_norm(GN_GROUPS, Some(&self.weight), Some(&self.bias), GN_EPS, false)
-    }
+/// GroupNorm(32) with affine weight and bias, as `norm1`, `norm2`, `norm_out` (tch's layer, with
+/// the plain kernel as in the reference's CPU/GPU runs).
+fn group_norm(p: nn::Path, c: i64) -> nn::GroupNorm {
+    nn::group_norm(p, GN_GROUPS, c, nn::GroupNormConfig { eps: GN_EPS, cudnn_enabled: false, ..Default::default() })
 }
 
 fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, bias: bool) -> nn::Conv2D {
@@ -77,9 +64,9 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, bias: bool) -> nn::Conv2D {
 /// `nin_shortcut` (c_out → c_out) is applied to the *output* of conv2 and the input is dropped.
 #[derive(Debug)]
 struct ResnetBlock {
-    norm1: GroupNorm,
+    norm1: nn::GroupNorm,
     conv1: nn::Conv2D,
-    norm2: GroupNorm,
+    norm2: nn::GroupNorm,
     conv2: nn::Conv2D,
     nin_shortcut: Option<nn::Conv2D>,
 }
@@ -87,9 +74,9 @@ struct ResnetBlock {
 impl ResnetBlock {
     fn new(p: nn::Path, c_in: i64, c_out: i64) -> Self {
         ResnetBlock {
-            norm1: GroupNorm::new(&p / "norm1", c_in),
+            norm1: group_norm(&p / "norm1", c_in),
             conv1: conv(&p / "conv1", c_in, c_out, 3, false),
-            norm2: GroupNorm::new(&p / "norm2", c_out),
+            norm2: group_norm(&p / "norm2", c_out),
             conv2: conv(&p / "conv2", c_out, c_out, 3, false),
             nin_shortcut: (c_in != c_out).then(|| conv(&p / "nin_shortcut", c_out, c_out, 1, false)),
         }
@@ -118,7 +105,7 @@ pub struct Encoder {
     /// Per level: its res blocks; every level but the last ends with a 2×2 average pool.
     down: Vec<Vec<ResnetBlock>>,
     mid: Vec<ResnetBlock>,
-    norm_out: GroupNorm,
+    norm_out: nn::GroupNorm,
     conv_out: nn::Conv2D,
 }
 
@@ -146,7 +133,7 @@ impl Encoder {
             conv_in,
             down,
             mid,
-            norm_out: GroupNorm::new(&p / "norm_out", c),
+            norm_out: group_norm(&p / "norm_out", c),
             conv_out: conv(&p / "conv_out", c, cfg.z_channels, 1, true),
         }
     }
@@ -178,7 +165,7 @@ pub struct Decoder {
     mid: Vec<ResnetBlock>,
     /// Stored by level (`up.0` = full resolution) and executed from the last level down.
     up: Vec<(Vec<ResnetBlock>, Option<nn::Conv2D>)>,
-    norm_out: GroupNorm,
+    norm_out: nn::GroupNorm,
     conv_out: nn::Conv2D,
 }
 
@@ -206,7 +193,7 @@ impl Decoder {
             conv_in,
             mid,
             up,
-            norm_out: GroupNorm::new(&p / "norm_out", c),
+            norm_out: group_norm(&p / "norm_out", c),
             conv_out: conv(&p / "conv_out", c, cfg.num_channels, 3, true),
         }
     }
@@ -318,14 +305,12 @@ pub fn load_teacher(spec: &str, device: tch::Device) -> Result<(nn::VarStore, Ma
 /// As [`load_teacher`] with other sizes (`random:SEED` teachers of tiny stage-3 models).
 pub fn load_teacher_sized(spec: &str, cfg: &VqganConfig, device: tch::Device) -> Result<(nn::VarStore, MaskgitVqgan)> {
     let vs = nn::VarStore::new(device);
-    let cfg = cfg.clone();
-    if let Some(seed) = spec.strip_prefix("random:") {
-        let seed: i64 = seed.parse().map_err(|_| anyhow::anyhow!("--teacher {spec:?}: expected random:<integer seed>"))?;
-        tch::manual_seed(seed);
-        let model = MaskgitVqgan::new(&vs.root(), &cfg);
+    if let Some(seed) = crate::checkpoint::random_weights_seed(spec) {
+        tch::manual_seed(seed?);
+        let model = MaskgitVqgan::new(&vs.root(), cfg);
         return Ok((vs, model));
     }
-    let model = MaskgitVqgan::new(&vs.root(), &cfg);
+    let model = MaskgitVqgan::new(&vs.root(), cfg);
     crate::checkpoint::load_file(&vs, std::path::Path::new(spec))
         .map_err(|e| e.context("loading the MaskGIT-VQGAN teacher (maskgit-vqgan-imagenet-f16-256.bin from the TiTok release)"))?;
     Ok((vs, model))

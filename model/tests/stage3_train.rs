@@ -136,3 +136,16 @@ fn accumulating_two_micro_batches_gives_the_gradients_of_one_batch_of_both() {
         eprintln!("{what}: {} tensors, worst difference {worst:.2} of its tolerance", a.len());
     }
 }
+
+#[test]
+fn init_weights_missing_tokenizer_tensors_are_refused_naming_the_file() {
+    let _rng = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &["losses.discriminator_type=patchgan"]);
+    // A file with one of the stage-2 tensors only (no teacher: the pixel modules may be absent, nothing else).
+    let partial = dir.path().join("partial.safetensors");
+    sftok_model::checkpoint::save_tensors([("latent_tokens".to_string(), Tensor::zeros([8, 64], (tch::Kind::Float, Device::Cpu)))], &partial).unwrap();
+    let mut t = Stage3Task::new(Stage3Options { config: cfg.clone(), device: Device::Cpu, init: Some(partial.clone()), teacher: None, frozen: frozen(&cfg), eval: None }).unwrap();
+    let err = t.init_fresh(&mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("partial.safetensors") && err.contains("lacks"), "{err}");
+}

@@ -51,6 +51,13 @@ impl StateDict {
     }
 }
 
+/// A weights argument (`--teacher`, `--vgg16-weights`, …) of the form `random:SEED`: seeded random
+/// weights for tests and the demo. None for anything else (a file path).
+pub fn random_weights_seed(spec: &str) -> Option<Result<i64>> {
+    spec.strip_prefix("random:")
+        .map(|s| s.trim().parse::<i64>().map_err(|_| anyhow::anyhow!("`{spec}`: expected random:<integer seed> or a weights file")))
+}
+
 /// Reads any supported checkpoint file or directory into named tensors (on the CPU, with the
 /// file's dtypes; non-contiguous and shared-storage tensors come out as independent contiguous ones).
 pub fn read(path: &Path) -> Result<StateDict> {

@@ -149,7 +149,7 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
     };
     let eval = eval_setup(&cfg, &args, device)?;
     let data = data_factory(loader_config(&cfg, &args, with_codes)?);
-    let fit_opts = FitOptions { config: cfg.clone(), device, resume: args.resume.clone(), max_nonfinite_in_a_row: 20, stop: args.stop.clone() };
+    let fit_opts = fit_options(&cfg, device, &args);
     let task_opts = TokenTaskOptions { config: cfg, device, init: args.init.clone(), teacher, eval };
     run_job(job, task_opts, fit_opts, data)
 }
@@ -170,9 +170,14 @@ fn run_stage3(cfg: Config, device: tch::Device, args: TrainArgs) -> Result<FitSu
     let frozen = args.loss_weights.load(&cfg.losses, device)?;
     let eval = eval_setup(&cfg, &args, device)?;
     let data = data_factory(loader_config(&cfg, &args, false)?);
-    let fit_opts = FitOptions { config: cfg.clone(), device, resume: args.resume.clone(), max_nonfinite_in_a_row: 20, stop: args.stop.clone() };
+    let fit_opts = fit_options(&cfg, device, &args);
     let task = Stage3Options { config: cfg, device, init: args.init.clone(), teacher, frozen, eval };
     fit(&mut Stage3Task::new(task)?, fit_opts, data)
+}
+
+/// The loop's options from the config and the command line (20 non-finite losses in a row stop a run).
+fn fit_options(cfg: &Config, device: tch::Device, args: &TrainArgs) -> FitOptions {
+    FitOptions { config: cfg.clone(), device, resume: args.resume.clone(), max_nonfinite_in_a_row: 20, stop: args.stop.clone() }
 }
 
 /// `experiment.eval_every`'s set-up: the val shards and, with `--fid-weights`, the Inception.

@@ -62,7 +62,6 @@ pub struct Stage3Task {
     loss_vs: nn::VarStore,
     loss: Stage3Loss,
     d_opt: AdamW,
-    d_params: Vec<Tensor>,
     d_schedule: LrSchedule,
     /// Discriminator optimiser steps taken (its schedule's counter).
     d_steps: u64,
@@ -157,7 +156,6 @@ impl Stage3Task {
         let mut d_schedule = LrSchedule::from_config(&cfg)?;
         d_schedule.base = p.discriminator_learning_rate;
         d_schedule.max_steps = cfg.training.max_train_steps.saturating_sub(cfg.losses.discriminator_start);
-        let d_params = loss.trainable().values().map(|t| t.shallow_clone()).collect();
         let init = o.init.or_else(|| (!cfg.experiment.init_weight.is_empty()).then(|| PathBuf::from(&cfg.experiment.init_weight)));
         Ok(Stage3Task {
             cfg,
@@ -169,7 +167,6 @@ impl Stage3Task {
             loss_vs,
             loss,
             d_opt,
-            d_params,
             d_schedule,
             d_steps: 0,
             pending: None,
@@ -217,9 +214,16 @@ impl Task for Stage3Task {
                 log(&format!("initialised from {} + the teacher's decoder/codebook as pixel_decoder/pixel_quantize", init.display()));
             }
             None => {
+                // Strict but for the pixel modules, which only the teacher (or a stage-3 file) has.
                 let unexpected = crate::checkpoint::load_into(&self.vs, &sd, false).with_context(|| format!("initialising from {}", init.display()))?;
                 if !unexpected.is_empty() {
                     bail!("{} has {} tensors a stage-3 model does not have (first: {})", init.display(), unexpected.len(), unexpected[0]);
+                }
+                let mut missing: Vec<String> =
+                    self.vs.variables().into_keys().filter(|n| !n.starts_with("pixel_") && sd.get(n).is_none()).collect();
+                if !missing.is_empty() {
+                    missing.sort();
+                    bail!("{} lacks {} tensors of the model (first: {}): is it stage 2's ema_model of this config?", init.display(), missing.len(), missing[0]);
                 }
                 let has_pixel = sd.names().any(|n| n.starts_with("pixel_"));
                 log(&format!(
@@ -249,13 +253,14 @@ impl Task for Stage3Task {
     /// own clipping and AdamW step on the window's last one.
     fn after_micro_step(&mut self, _ctx: &StepContext, sync: bool) -> Result<Metrics> {
         let Some(p) = self.pending.take() else { return Ok(Metrics::new()) };
-        if p.global_step < self.cfg.losses.discriminator_start {
+        if !self.loss.trains_discriminator(p.global_step) {
             return Ok(Metrics::new());
         }
         let (d_loss, mut metrics) = self.loss.discriminator_loss(&p.x, &p.x_hat, p.global_step);
         (d_loss / self.accumulation()).backward();
         if sync {
-            let norm = clip_grad_norm(&self.d_params, self.cfg.training.max_grad_norm);
+            let params: Vec<Tensor> = self.loss.trainable().values().map(|t| t.shallow_clone()).collect();
+            let norm = clip_grad_norm(&params, self.cfg.training.max_grad_norm);
             if norm.is_finite() {
                 let lr = self.d_schedule.lr(self.d_steps);
                 self.d_opt.step(lr);
