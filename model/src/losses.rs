@@ -14,3 +14,13 @@ pub fn masked_token_ce(logits: &Tensor, targets: &Tensor, masks: &Tensor, label_
     let w = &m + (m.neg() + 1.0) * unmasked_weight;
     (ce * &w).sum(Kind::Float) / (w.sum(Kind::Float) + 1e-8)
 }
+
+/// `MLMLoss`'s `correct_tokens`: per sample, the share of *masked* positions whose argmax is the
+/// target (`Σ correct·mask / (Σ mask + 1e-8)`), averaged over the batch. logits [B, L, V].
+pub fn masked_token_accuracy(logits: &Tensor, targets: &Tensor, masks: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let m = masks.to_kind(Kind::Float);
+        let correct = logits.argmax(-1, false).eq_tensor(targets).to_kind(Kind::Float);
+        ((correct * &m).sum_dim_intlist(1, false, Kind::Float) / (m.sum_dim_intlist(1, false, Kind::Float) + 1e-8)).mean(Kind::Float)
+    })
+}

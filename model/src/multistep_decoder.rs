@@ -80,11 +80,6 @@ pub struct MultiStepDecoder {
     pub cfg: DecoderConfig,
 }
 
-/// `g(u) = −log(max(−log(max(u, 1e-20)), 1e-20))`.
-fn gumbel(u: &Tensor) -> Tensor {
-    -(-u.clamp_min(1e-20).log()).clamp_min(1e-20).log()
-}
-
 impl MultiStepDecoder {
     pub fn new(p: nn::Path, cfg: &DecoderConfig) -> Self {
         let w = cfg.width;
@@ -196,7 +191,6 @@ impl MultiStepDecoder {
             for step in 0..t_steps {
                 let ratio = (step + 1) as f64 / t_steps as f64;
                 let temp = s.randomize_temperature * (1.0 - ratio);
-                let is_mask = ids.eq(v);
                 inputs.push(ids.shallow_clone());
                 let mut logits = self.logits(&ids, condition);
                 if s.softmax_temperature_annealing {
@@ -204,22 +198,7 @@ impl MultiStepDecoder {
                 }
                 // Noise in the logits' memory order ([B, V, L]), as `zeros_like(logits).uniform_()`.
                 let u1 = Tensor::zeros([b, v, l], (Kind::Float, dev)).uniform_(0.0, 1.0).permute([0, 2, 1]);
-                let sampled = (&logits + gumbel(&u1) * temp).argmax(-1, false);
-                let sampled_logits = logits.gather(-1, &sampled.unsqueeze(-1), false).squeeze_dim(-1);
-                let sampled = sampled.where_self(&is_mask, &ids);
-                let sampled_logits = sampled_logits.where_scalarother(&is_mask, f64::INFINITY);
-                let still_masked = is_mask.get(0).sum(Kind::Int64).int64_value(&[]);
-                let mask_len = ((l as f64) * (ratio.acos() / FRAC_PI_2)).floor() as i64;
-                let mask_len = (still_masked - 1).min(mask_len).max(1);
-                let u2 = Tensor::zeros([b, l], (Kind::Float, dev)).uniform_(0.0, 1.0);
-                let confidence = sampled_logits + gumbel(&u2) * temp;
-                ids = if step == t_steps - 1 {
-                    sampled
-                } else {
-                    let (sorted, _) = confidence.sort(-1, false);
-                    let cut = sorted.narrow(1, mask_len - 1, 1);
-                    sampled.masked_fill(&confidence.le_tensor(&cut), v)
-                };
+                ids = crate::maskgit_step::reveal(&logits, &u1, &ids, v, step, t_steps, temp);
                 last_logits = Some(logits);
             }
             GenerateOutput {

@@ -255,6 +255,12 @@ pub struct ImgGenerator {
     pub randomize_temperature: f64,
     pub guidance_scale: f64,
     pub guidance_decay: String,
+    /// Exponent of the `power-cosine` guidance schedule (§6.1).
+    pub guidance_scale_pow: f64,
+    /// Divide the logits by `0.5 + 0.8·(1 − r)` while sampling. The reference's config default
+    /// (False) is what training previews use; `sftok-eval sample` defaults to True, TiTok's
+    /// sampling script (generator-maskgit.md §11).
+    pub softmax_temperature_annealing: bool,
 }
 
 impl Default for ImgGenerator {
@@ -274,6 +280,8 @@ impl Default for ImgGenerator {
             randomize_temperature: 1.0,
             guidance_scale: 4.5,
             guidance_decay: "constant".into(),
+            guidance_scale_pow: 3.0,
+            softmax_temperature_annealing: false,
         }
     }
 }
