@@ -22,6 +22,8 @@ pub mod proxy_codes;
 pub mod sftok;
 pub mod stage3_loss;
 pub mod titok_encoder;
+pub mod tokenize;
 pub mod train;
 pub mod transformer;
+pub mod view_codes;
 pub mod vqgan;

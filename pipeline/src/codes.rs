@@ -36,34 +36,74 @@ use std::sync::Arc;
 const ROW_GROUP_ROWS: usize = 8192;
 const EXT: &str = "parquet";
 
+/// What a code store holds: the teacher's proxy codes (stages 1–2) or a tokenizer's token ids
+/// (generator training, `sftok-prep tokenize`). Same layout; the metadata says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeContent {
+    ProxyCodes,
+    Tokens,
+}
+
+impl CodeContent {
+    fn name(self) -> &'static str {
+        match self {
+            CodeContent::ProxyCodes => "proxy-codes",
+            CodeContent::Tokens => "sftok-tokens",
+        }
+    }
+
+    /// The metadata key of the encoder's checkpoint hash.
+    fn sha_key(self) -> &'static str {
+        match self {
+            CodeContent::ProxyCodes => "sftok.teacher_sha256",
+            CodeContent::Tokens => "sftok.tokenizer_sha256",
+        }
+    }
+
+    /// The command that writes this content.
+    pub fn command(self) -> &'static str {
+        match self {
+            CodeContent::ProxyCodes => "sftok-prep proxy-codes",
+            CodeContent::Tokens => "sftok-prep tokenize",
+        }
+    }
+}
+
 /// What the stored codes depend on; every file of a store must agree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodeMeta {
-    pub teacher_sha256: String,
-    /// Side of the square crop the teacher saw.
+    pub content: CodeContent,
+    /// sha256 of the encoder's checkpoint (the teacher, or the tokenizer), or `random:SEED`.
+    pub encoder_sha256: String,
+    /// Side of the square crop the encoder saw.
     pub image_size: u32,
     /// Human-readable resize rule, e.g. `shorter-edge 256, bicubic+antialias, long side truncated`.
     pub resize: String,
     /// Stored views per image (`views_for`'s `v`).
     pub views_per_image: usize,
     pub tool_version: String,
-    /// Codes per view (256 for the 16×16 teacher grid; tiny test models use fewer).
+    /// Codes per view (256 for the 16×16 teacher grid, 64 SFTok tokens; tiny test models use fewer).
     pub codes_per_image: usize,
+    /// Which views were encoded together (tokens: OptVQ's Sinkhorn assignment spans one encoder
+    /// call, so ids depend on it); empty for proxy codes (per-cell nearest neighbour).
+    pub batching: String,
 }
 
 impl CodeMeta {
     fn to_key_values(&self) -> Vec<KeyValue> {
-        [
-            ("sftok.teacher_sha256", self.teacher_sha256.clone()),
+        let mut kv = vec![
+            ("sftok.content", self.content.name().to_string()),
+            (self.content.sha_key(), self.encoder_sha256.clone()),
             ("sftok.image_size", self.image_size.to_string()),
             ("sftok.resize", self.resize.clone()),
             ("sftok.views_per_image", self.views_per_image.to_string()),
             ("sftok.tool_version", self.tool_version.clone()),
             ("sftok.codes_per_image", self.codes_per_image.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| KeyValue::new(k.to_string(), v))
-        .collect()
+        ];
+        if !self.batching.is_empty() {
+            kv.push(("sftok.batching", self.batching.clone()));
+        }
+        kv.into_iter().map(|(k, v)| KeyValue::new(k.to_string(), v)).collect()
     }
 
     fn from_key_values(kv: Option<&Vec<KeyValue>>, file: &Path) -> Result<CodeMeta> {
@@ -71,19 +111,27 @@ impl CodeMeta {
             kv.into_iter().flatten().filter_map(|kv| Some((kv.key.as_str(), kv.value.as_deref()?))).collect();
         let get = |k: &str| {
             map.get(k).map(|v| v.to_string()).with_context(|| {
-                format!("{}: metadata key `{k}` missing — not a proxy-code file written by sftok-prep proxy-codes?", file.display())
+                format!("{}: metadata key `{k}` missing — not a code file written by sftok-prep proxy-codes / tokenize?", file.display())
             })
         };
         let num = |k: &str| -> Result<usize> {
             get(k)?.parse().with_context(|| format!("{}: metadata `{k}` is not a number", file.display()))
         };
+        // Files from before `sftok.content` existed are proxy codes.
+        let content = match map.get("sftok.content").copied() {
+            None | Some("proxy-codes") => CodeContent::ProxyCodes,
+            Some("sftok-tokens") => CodeContent::Tokens,
+            Some(other) => bail!("{}: unknown sftok.content {other:?}", file.display()),
+        };
         Ok(CodeMeta {
-            teacher_sha256: get("sftok.teacher_sha256")?,
+            content,
+            encoder_sha256: get(content.sha_key())?,
             image_size: num("sftok.image_size")? as u32,
             resize: get("sftok.resize")?,
             views_per_image: num("sftok.views_per_image")?,
             tool_version: get("sftok.tool_version")?,
             codes_per_image: num("sftok.codes_per_image")?,
+            batching: map.get("sftok.batching").map(|v| v.to_string()).unwrap_or_default(),
         })
     }
 }

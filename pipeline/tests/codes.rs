@@ -1,12 +1,14 @@
 //! Proxy-code Parquet files: pyarrow (oracle) reads what CodeWriter wrote with the exact schema
 //! and metadata; ProxyCodeStore reads back what was written and what pyarrow wrote.
 
-use sftok_pipeline::codes::{CodeMeta, CodeWriter, ProxyCodeStore, code_file_name};
+use sftok_pipeline::codes::{CodeContent, CodeMeta, CodeWriter, ProxyCodeStore, code_file_name};
 use sftok_pipeline::view::{View, views_for};
 
 fn meta(n: usize) -> CodeMeta {
     CodeMeta {
-        teacher_sha256: "ab".repeat(32),
+        content: CodeContent::ProxyCodes,
+        encoder_sha256: "ab".repeat(32),
+        batching: String::new(),
         image_size: 256,
         resize: "shorter-edge 256, bicubic+antialias, long side truncated".into(),
         views_per_image: 4,
@@ -117,7 +119,7 @@ fn the_store_reads_a_file_pyarrow_wrote_and_refuses_mixed_settings() {
     let n = 4;
     sftok_testkit::run_python(PY_WRITE, &[dir.path().join("s-000000.parquet").to_str().unwrap(), &n.to_string()]);
     let store = ProxyCodeStore::open(dir.path()).unwrap();
-    assert_eq!(store.meta().teacher_sha256, "cd");
+    assert_eq!(store.meta().encoder_sha256, "cd");
     let shard = store.load_shard("s-000000.tar").unwrap().unwrap();
     let a = shard.get("a").unwrap();
     // Sorted by view id although pyarrow stored view 1 first.
@@ -128,7 +130,7 @@ fn the_store_reads_a_file_pyarrow_wrote_and_refuses_mixed_settings() {
     assert_eq!(shard.get("b").unwrap()[0].codes, [0, 1, 2, 3]);
 
     let mut other = meta(n);
-    other.teacher_sha256 = "ee".into();
+    other.encoder_sha256 = "ee".into();
     let mut w = CodeWriter::create(&dir.path().join("s-000001.parquet"), &other).unwrap();
     w.push("c", 0, View { crop_x: 0, crop_y: 0, flip: false }, &[1, 2, 3, 4]).unwrap();
     w.finish().unwrap();

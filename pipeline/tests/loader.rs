@@ -6,7 +6,7 @@ mod common;
 
 use common::{Item, diff, oracle, synth_items, write_shards, write_tar};
 use sftok_pipeline::batch::{Batch, BatchStream};
-use sftok_pipeline::codes::{CodeMeta, CodeWriter, code_file_name};
+use sftok_pipeline::codes::{CodeContent, CodeMeta, CodeWriter, code_file_name};
 use sftok_pipeline::loader::{Loader, LoaderConfig};
 use sftok_pipeline::rng::Rng;
 use sftok_pipeline::transform::{decode_rgb, decode_view_into, eval_transform, reach, resized_size, view_transform};
@@ -156,7 +156,9 @@ fn write_store(dir: &Path, items: &[Item], spec: StoreSpec) -> BTreeMap<String, 
     let StoreSpec { per_shard, resize, crop, v, n, skip_key } = spec;
     std::fs::create_dir_all(dir).unwrap();
     let meta = CodeMeta {
-        teacher_sha256: "00".repeat(32),
+        content: CodeContent::ProxyCodes,
+        encoder_sha256: "00".repeat(32),
+        batching: String::new(),
         image_size: crop,
         resize: format!("shorter-edge {resize}"),
         views_per_image: v,

@@ -149,30 +149,25 @@ enum Command {
         /// Teacher checkpoint (maskgit-vqgan-imagenet-f16-256.bin, .pth or .safetensors), or random:SEED for smoke tests.
         #[arg(long)]
         teacher: String,
-        /// Shard directory, manifest.json or brace pattern.
+        #[command(flatten)]
+        views: ViewFlags<10, 64>,
+    },
+    /// Run a trained SFTok tokenizer over fixed views of every image → one Parquet file of its 64 token ids per
+    /// view per shard, the generator's training targets (dataset.params.pretokenization).
+    #[command(after_help = "Example:\n  sftok-prep tokenize --checkpoint outputs/sftok_b64_stage3_run1/ema_model --shards shards/train --out tokens/train\n\n\
+        Default views: 2 = the centre crop and its mirror image (the generator's transform: centre crop + random flip).\n\
+        OptVQ's Sinkhorn assignment spans one encoder call, so ids depend on which views are encoded together:\n\
+        --batch consecutive views in shard order per call (recorded in the files' sftok.batching). Default 128,\n\
+        the generator's per-GPU batch. Resumable per shard; --part K/N splits the shards.")]
+    Tokenize {
+        /// The tokenizer: a stage-3 weights directory (model.safetensors + config.json) or file.
         #[arg(long)]
-        shards: String,
-        /// Output directory for the Parquet files.
+        checkpoint: PathBuf,
+        /// Its config, when there is no config.json beside the weights (configs/sftok_b64_stage3.yaml for SFTok-B).
         #[arg(long)]
-        out: PathBuf,
-        /// Stored views per image (1, or an even number).
-        #[arg(long, default_value_t = 10)]
-        views: usize,
-        /// Shorter edge after resizing (dataset.preprocessing.resize_shorter_edge).
-        #[arg(long, default_value_t = 256)]
-        resize_shorter: u32,
-        /// Crop size (dataset.preprocessing.crop_size); the teacher grid is crop/16 per side.
-        #[arg(long, default_value_t = 256)]
-        crop: u32,
-        /// Views per teacher forward pass.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        /// auto | cpu | cuda | cuda:N
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Do shards K, K+N, … of this conversion (1-based), e.g. 2/8.
-        #[arg(long, value_name = "K/N", default_value = "1/1")]
-        part: Part,
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        views: ViewFlags<2, 128>,
     },
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-prep doctor --device auto")]
@@ -190,9 +185,8 @@ fn main() {
             bench_load(shards, batch, workers, warmup, batches, eval, shuffle_buf, decode_images, &tag)
         }
         Command::Doctor { device } => sftok::doctor(&device),
-        Command::ProxyCodes { teacher, shards, out, views, resize_shorter, crop, batch, device, part } => {
-            proxy_codes(teacher, shards, out, views, resize_shorter, crop, batch, &device, part)
-        }
+        Command::ProxyCodes { teacher, views } => proxy_codes(teacher, views),
+        Command::Tokenize { checkpoint, config, views } => tokenize(checkpoint, config, views),
         Command::Shard {
             root,
             out,
@@ -438,15 +432,75 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resize_shorter: u32, crop: u32, batch: usize, device: &str, part: Part) -> Result<()> {
-    use sftok_model::proxy_codes::{ProxyCodesRequest, plan, run};
-    let device = sftok_model::device::parse_device(device)?;
+/// The flags of the per-view encoding passes (proxy codes, tokens); defaults: views V, batch B.
+#[derive(clap::Args)]
+struct ViewFlags<const V: usize, const B: usize> {
+    /// Shard directory, manifest.json or brace pattern.
+    #[arg(long)]
+    shards: String,
+    /// Output directory for the Parquet files.
+    #[arg(long)]
+    out: PathBuf,
+    /// Stored views per image (1, or an even number).
+    #[arg(long, default_value_t = V)]
+    views: usize,
+    /// Shorter edge after resizing (dataset.preprocessing.resize_shorter_edge).
+    #[arg(long, default_value_t = 256)]
+    resize_shorter: u32,
+    /// Crop size (dataset.preprocessing.crop_size).
+    #[arg(long, default_value_t = 256)]
+    crop: u32,
+    /// Views per encoder call.
+    #[arg(long, default_value_t = B)]
+    batch: usize,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Do shards K, K+N, … of this conversion (1-based), e.g. 2/8.
+    #[arg(long, value_name = "K/N", default_value = "1/1")]
+    part: Part,
+}
+
+impl<const V: usize, const B: usize> ViewFlags<V, B> {
+    fn request(self) -> Result<sftok_model::view_codes::ViewCodesRequest> {
+        Ok(sftok_model::view_codes::ViewCodesRequest {
+            shards: self.shards,
+            out: self.out,
+            views: self.views,
+            resize_shorter_edge: self.resize_shorter,
+            crop_size: self.crop,
+            device: sftok_model::device::parse_device(&self.device)?,
+            batch: self.batch,
+            part: self.part,
+        })
+    }
+}
+
+fn proxy_codes(teacher: String, flags: ViewFlags<10, 64>) -> Result<()> {
     if teacher.starts_with("random:") {
         eprintln!("warning: --teacher {teacher}: a randomly initialised teacher (no weights ship with sftok); these codes only exercise the pipeline");
     }
-    let req = ProxyCodesRequest { teacher, shards, out, views, resize_shorter_edge: resize_shorter, crop_size: crop, device, batch, part };
-    let todo = plan(&req)?;
+    let req = flags.request()?;
+    encode_views("proxy-codes", &req, |on| sftok_model::proxy_codes::run(&teacher, &req, on))?;
+    println!("codes: {}", req.out.display());
+    Ok(())
+}
+
+fn tokenize(checkpoint: PathBuf, config: Option<PathBuf>, flags: ViewFlags<2, 128>) -> Result<()> {
+    let req = flags.request()?;
+    let spec = sftok_model::eval::recon::ModelSpec { checkpoint, config, overrides: vec![], teacher: None, steps: None, seed: 0 };
+    encode_views("tokenize", &req, |on| sftok_model::tokenize::run(&spec, &req, on))?;
+    println!("tokens: {}  (dataset.params.pretokenization={} for sftok-train generator)", req.out.display(), req.out.display());
+    Ok(())
+}
+
+/// Plan, progress bar and summary around one per-view encoding pass.
+fn encode_views(
+    what: &str,
+    req: &sftok_model::view_codes::ViewCodesRequest,
+    run: impl FnOnce(&dyn Fn(u64)) -> Result<sftok_model::view_codes::ViewCodesSummary>,
+) -> Result<()> {
+    let todo = sftok_model::view_codes::plan(req)?;
     let pending: Vec<_> = todo.iter().filter(|(_, d)| !d.is_file()).collect();
     // Sample counts for the progress bar, from the shards' manifest when there is one.
     let counts = |s: &sftok_pipeline::loader::sources::Shard| -> u64 {
@@ -456,23 +510,25 @@ fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resi
             .unwrap_or(0)
     };
     let images: u64 = pending.iter().map(|(s, _)| counts(s)).sum();
-    eprintln!("{} shard(s) in part {part}: {} to do, {} already done; device {}", todo.len(), pending.len(), todo.len() - pending.len(), sftok_model::device::describe(device));
-    let progress = Progress::new("proxy-codes", images * views as u64, "views");
+    let part = &req.part;
+    eprintln!("{} shard(s) in part {part}: {} to do, {} already done; device {}", todo.len(), pending.len(), todo.len() - pending.len(), sftok_model::device::describe(req.device));
+    let progress = Progress::new(what, images * req.views as u64, "views");
     let t0 = std::time::Instant::now();
-    let sum = run(&req, &|n| progress.inc(n))?;
+    let sum = run(&|n| progress.inc(n))?;
     progress.finish();
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "{} shard(s) written, {} kept; {} images, {} views in {secs:.1} s ({:.1} views/s); {} of 1024 teacher codes used",
+        "{} shard(s) written, {} kept; {} images, {} views in {secs:.1} s ({:.1} views/s); {} of {} ids used",
         sum.shards_written,
         sum.shards_kept,
         sum.images,
         sum.views,
         sum.views as f64 / secs.max(1e-9),
-        sum.codes_used()
+        sum.codes_used(),
+        sum.code_histogram.len()
     );
-    if sum.views > 0 && sum.codes_used() < 16 {
-        eprintln!("warning: only {} distinct codes: a broken teacher load (or a random teacher) looks like this", sum.codes_used());
+    if sum.views > 0 && sum.codes_used() < 16.min(sum.code_histogram.len()) {
+        eprintln!("warning: only {} distinct ids: a broken checkpoint load (or random weights) looks like this", sum.codes_used());
     }
     if !sum.skipped.is_empty() {
         eprintln!("{} sample(s) skipped (undecodable):", sum.skipped.len());
@@ -480,6 +536,5 @@ fn proxy_codes(teacher: String, shards: String, out: PathBuf, views: usize, resi
             eprintln!("  {shard} / {key}: {why}");
         }
     }
-    println!("codes: {}", req.out.display());
     Ok(())
 }

@@ -70,6 +70,8 @@ impl StageFlags {
             rank: self.rank,
             world_size: self.world_size,
             loss_weights: LossWeights::default(),
+            tokenizer: None,
+            tokenizer_config: None,
             stop,
         }
     }
@@ -92,6 +94,20 @@ struct Stage3Flags {
     dino_weights: Option<String>,
 }
 
+/// The generator: the stage flags plus its frozen tokenizer.
+#[derive(clap::Args)]
+struct GeneratorFlags {
+    #[command(flatten)]
+    stage: StageFlags,
+    /// The frozen SFTok tokenizer (a stage-3 ema_model/ directory or weights file): targets on the fly when
+    /// dataset.params.pretokenization is empty, and decoding of the sample previews. Default: experiment.tokenizer_checkpoint.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The tokenizer's config when there is no config.json beside its weights.
+    #[arg(long)]
+    tokenizer_config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Stage 1, warming up: single-step prediction of the teacher's proxy codes (every slot masked).
@@ -107,6 +123,13 @@ enum Command {
     /// (MSE + LPIPS + a DINO discriminator from losses.discriminator_start).
     #[command(after_help = "Example:\n  sftok-train stage3 --config configs/sftok_b64_stage3.yaml --init outputs/sftok_b64_stage2_run1/ema_model \\\n            --teacher maskgit-vqgan-imagenet-f16-256.bin --vgg16-weights vgg16-397923af.pth --lpips-weights vgg.pth \\\n            --dino-weights dino_deitsmall16_pretrain.pth\n\n        The teacher's decoder and codebook become pixel_decoder / pixel_quantize (the hand-off of stage 2 to 3).\n        Checkpoints add model_1 (discriminator + LeCam state), optimizer_1 and scheduler_1 (its optimiser).\n        The final ema_model/ is the tokenizer: sftok-eval recon|rfid --checkpoint <output_dir>/ema_model (no teacher needed).")]
     Stage3(Stage3Flags),
+    /// The class-conditional MaskGIT generator (ImageBert) on a frozen SFTok tokenizer's 64 tokens.
+    #[command(after_help = "Example:\n  sftok-prep tokenize --checkpoint outputs/sftok_b64_stage3_run1/ema_model --shards shards/train --out tokens/train\n  \
+        sftok-train generator --config configs/sftok_maskgit.yaml --tokenizer outputs/sftok_b64_stage3_run1/ema_model \\\n            dataset.params.pretokenization=tokens/train\n\n\
+        Without dataset.params.pretokenization every batch is tokenized on the fly (the reference's way).\n\
+        Previews (experiment.generate_every) are class-conditional sample grids, one row per class, in TensorBoard\n\
+        and train_images/. The final ema_model/ is the generator for sftok-eval sample | gfid.")]
+    Generator(GeneratorFlags),
     /// Print the effective config: a YAML file plus dotted overrides, `${…}` resolved.
     #[command(after_help = "Example:\n  sftok-train config configs/sftok_b64_stage1.yaml training.per_gpu_batch_size=16")]
     Config {
@@ -143,6 +166,7 @@ fn main() {
         Command::Stage1(f) => stage(TrainJob::Stage1, f),
         Command::Stage2(f) => stage(TrainJob::Stage2, f),
         Command::Stage3(f) => stage3(f),
+        Command::Generator(f) => generator(f),
         Command::Init { config, out, seed, overrides } => init(config, out, seed, overrides),
         Command::Doctor { device } => sftok::doctor(&device.device),
     });
@@ -183,6 +207,13 @@ fn stage3(flags: Stage3Flags) -> Result<()> {
     let mut args = flags.stage.into_args(stop_flag()?);
     args.loss_weights = LossWeights { vgg16: flags.vgg16_weights, lpips: flags.lpips_weights, dino: flags.dino_weights };
     report(TrainJob::Stage3, args)
+}
+
+fn generator(flags: GeneratorFlags) -> Result<()> {
+    let mut args = flags.stage.into_args(stop_flag()?);
+    args.tokenizer = flags.tokenizer;
+    args.tokenizer_config = flags.tokenizer_config;
+    report(TrainJob::Generator, args)
 }
 
 /// Runs the job and prints where its outputs are.

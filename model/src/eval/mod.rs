@@ -14,5 +14,6 @@ pub mod prdc;
 pub mod recon;
 pub mod recon_eval;
 pub mod rfid;
+pub mod sample;
 mod source;
 pub mod stats;

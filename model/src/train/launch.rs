@@ -2,6 +2,7 @@
 //! task → [`fit`]. Adding a training job means a `TrainJob` variant and its arm in [`run`].
 
 use super::fit::{DataFactory, FitOptions, FitSummary, fit};
+use super::generator::{self, GeneratorOptions, GeneratorTask};
 use super::stage1::{Stage1, Stage1Task};
 use super::stage2::{Stage2, Stage2Task};
 use super::stage3::{self, Stage3Options, Stage3Task};
@@ -24,6 +25,8 @@ pub enum TrainJob {
     Stage2,
     /// Fine-tuning: decoder + pixel decoder towards pixels, with a discriminator.
     Stage3,
+    /// The class-conditional MaskGIT generator on a frozen tokenizer's tokens.
+    Generator,
 }
 
 impl TrainJob {
@@ -32,6 +35,7 @@ impl TrainJob {
             TrainJob::Stage1 => Stage1::NAME,
             TrainJob::Stage2 => Stage2::NAME,
             TrainJob::Stage3 => stage3::NAME,
+            TrainJob::Generator => generator::NAME,
         }
     }
 
@@ -41,6 +45,7 @@ impl TrainJob {
             TrainJob::Stage1 => Stage1::check_config(cfg),
             TrainJob::Stage2 => Stage2::check_config(cfg),
             TrainJob::Stage3 => stage3::check_config(cfg),
+            TrainJob::Generator => generator::check_config(cfg),
         }
     }
 }
@@ -62,6 +67,10 @@ pub struct TrainArgs {
     pub world_size: Option<usize>,
     /// Stage 3's frozen loss networks.
     pub loss_weights: LossWeights,
+    /// The generator's frozen SFTok tokenizer (default: experiment.tokenizer_checkpoint) and its
+    /// config (default: config.json beside it).
+    pub tokenizer: Option<PathBuf>,
+    pub tokenizer_config: Option<PathBuf>,
     /// Set by Ctrl-C: save a checkpoint and return.
     pub stop: Arc<AtomicBool>,
 }
@@ -98,7 +107,7 @@ impl LossWeights {
 }
 
 /// The training stream of the config: shards (+ proxy codes), train transform, seeded order.
-fn loader_config(cfg: &Config, args: &TrainArgs, with_codes: bool) -> Result<LoaderConfig> {
+fn loader_config(cfg: &Config, args: &TrainArgs, codes: Option<PathBuf>) -> Result<LoaderConfig> {
     let d = &cfg.dataset;
     let (rank, world_size) = sftok_pipeline::loader::sources::rank_and_world(args.rank, args.world_size)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -112,7 +121,7 @@ fn loader_config(cfg: &Config, args: &TrainArgs, with_codes: bool) -> Result<Loa
     lc.rank = rank;
     lc.world_size = world_size;
     lc.workers = args.workers.unwrap_or((d.params.num_workers_per_gpu as usize).clamp(1, cores));
-    lc.codes = with_codes.then(|| PathBuf::from(&d.params.train_proxy_codes_path));
+    lc.codes = codes;
     Ok(lc)
 }
 
@@ -125,8 +134,10 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
         // default). Set before any CUDA work, while the process is single-threaded.
         unsafe { std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1") };
     }
-    if job == TrainJob::Stage3 {
-        return run_stage3(cfg, device, args);
+    match job {
+        TrainJob::Stage3 => return run_stage3(cfg, device, args),
+        TrainJob::Generator => return run_generator(cfg, device, args),
+        _ => {}
     }
     let with_codes = !cfg.dataset.params.train_proxy_codes_path.is_empty();
     if !with_codes && args.teacher.is_none() {
@@ -148,7 +159,14 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
         None => None,
     };
     let eval = eval_setup(&cfg, &args, device)?;
-    let data = data_factory(loader_config(&cfg, &args, with_codes)?);
+    let codes = with_codes.then(|| PathBuf::from(&cfg.dataset.params.train_proxy_codes_path));
+    if let Some(dir) = &codes {
+        let content = sftok_pipeline::codes::ProxyCodeStore::open(dir)?.meta().content;
+        if content != sftok_pipeline::codes::CodeContent::ProxyCodes {
+            bail!("dataset.params.train_proxy_codes_path = {} holds `{}` output, not proxy codes: run `sftok-prep proxy-codes`", dir.display(), content.command());
+        }
+    }
+    let data = data_factory(loader_config(&cfg, &args, codes)?);
     let fit_opts = fit_options(&cfg, device, &args);
     let task_opts = TokenTaskOptions { config: cfg, device, init: args.init.clone(), teacher, eval };
     run_job(job, task_opts, fit_opts, data)
@@ -169,10 +187,39 @@ fn run_stage3(cfg: Config, device: tch::Device, args: TrainArgs) -> Result<FitSu
     };
     let frozen = args.loss_weights.load(&cfg.losses, device)?;
     let eval = eval_setup(&cfg, &args, device)?;
-    let data = data_factory(loader_config(&cfg, &args, false)?);
+    let data = data_factory(loader_config(&cfg, &args, None)?);
     let fit_opts = fit_options(&cfg, device, &args);
     let task = Stage3Options { config: cfg, device, init: args.init.clone(), teacher, frozen, eval };
     fit(&mut Stage3Task::new(task)?, fit_opts, data)
+}
+
+/// The generator: stored tokens (`dataset.params.pretokenization`) joined to the shards, or the
+/// tokenizer on the fly; the tokenizer also decodes the sample previews.
+fn run_generator(cfg: Config, device: tch::Device, args: TrainArgs) -> Result<FitSummary> {
+    let stored = PathBuf::from(&cfg.dataset.params.pretokenization);
+    let with_tokens = !cfg.dataset.params.pretokenization.is_empty();
+    let checkpoint = args.tokenizer.clone().or_else(|| (!cfg.experiment.tokenizer_checkpoint.is_empty()).then(|| PathBuf::from(&cfg.experiment.tokenizer_checkpoint)));
+    let tokenizer = match checkpoint {
+        Some(path) if path.exists() => {
+            let spec = crate::eval::recon::ModelSpec { checkpoint: path, config: args.tokenizer_config.clone(), overrides: vec![], teacher: args.teacher.clone(), steps: None, seed: 0 };
+            Some(crate::eval::sample::TokenDecoder::load(&spec, device).context("--tokenizer / experiment.tokenizer_checkpoint")?)
+        }
+        Some(path) if args.tokenizer.is_some() || !with_tokens => {
+            bail!("tokenizer checkpoint {} does not exist: pass --tokenizer <stage-3 output>/ema_model (or set experiment.tokenizer_checkpoint)", path.display())
+        }
+        _ => None,
+    };
+    if with_tokens {
+        if let Some(t) = &tokenizer {
+            crate::tokenize::check_store_matches(&stored, t)?;
+        }
+    } else if tokenizer.is_some() {
+        eprintln!("tokenizing every batch on the fly (the reference's way; `sftok-prep tokenize` once is faster)");
+    }
+    let data = data_factory(loader_config(&cfg, &args, with_tokens.then_some(stored))?);
+    let fit_opts = fit_options(&cfg, device, &args);
+    let task = GeneratorOptions { config: cfg, device, tokenizer, init: args.init.clone() };
+    fit(&mut GeneratorTask::new(task)?, fit_opts, data)
 }
 
 /// The loop's options from the config and the command line (20 non-finite losses in a row stop a run).
@@ -217,6 +264,6 @@ pub fn run_job(job: TrainJob, task: TokenTaskOptions, fit_opts: FitOptions, data
     match job {
         TrainJob::Stage1 => fit(&mut Stage1Task::new(task)?, fit_opts, data),
         TrainJob::Stage2 => fit(&mut Stage2Task::new(task)?, fit_opts, data),
-        TrainJob::Stage3 => bail!("stage 3 is not a token task: use launch::run or Stage3Task"),
+        TrainJob::Stage3 | TrainJob::Generator => bail!("{} is not a token task: use launch::run", job.name()),
     }
 }

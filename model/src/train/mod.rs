@@ -5,6 +5,7 @@
 
 pub mod ema;
 pub mod fit;
+pub mod generator;
 pub mod launch;
 pub mod optim;
 pub mod plot;
