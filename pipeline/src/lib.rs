@@ -15,6 +15,7 @@ pub mod part;
 pub mod procstat;
 pub mod progress;
 pub mod rng;
+pub mod sample_plan;
 pub mod shard;
 pub mod sniff;
 pub mod synth;
