@@ -103,3 +103,110 @@ impl From<Pipeline> for InputPipeline {
         }
     }
 }
+
+/// What `sftok-eval sample` (and `gfid` when it samples first) needs: the generator, its
+/// tokenizer, the sampling settings (each defaults to the generator config's value, except
+/// softmax annealing: on, TiTok's sampling script), the sample layout and the output.
+#[derive(Args, Clone, Debug)]
+pub struct SampleFlags {
+    /// The generator's weights: a directory with model.safetensors + config.json (sftok-train generator's ema_model/), or a file.
+    #[arg(long)]
+    pub generator: Option<PathBuf>,
+    /// The generator's config when there is no config.json beside it (configs/sftok_maskgit.yaml).
+    #[arg(long)]
+    pub generator_config: Option<PathBuf>,
+    /// The SFTok tokenizer that decodes the tokens (a stage-3 ema_model/ directory, or a file with --tokenizer-config).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    pub tokenizer_config: Option<PathBuf>,
+    /// MaskGIT-VQGAN teacher, only for a stage-1/2 tokenizer (no pixel decoder of its own).
+    #[arg(long)]
+    pub teacher: Option<String>,
+    /// CFG scale (reference convention: lc + g·(lc − lu)). Default: model.img_generator.guidance_scale.
+    #[arg(long)]
+    pub guidance_scale: Option<f64>,
+    /// constant | linear | power-cosine. Default: model.img_generator.guidance_decay.
+    #[arg(long)]
+    pub guidance_decay: Option<String>,
+    /// Exponent of power-cosine. Default: model.img_generator.guidance_scale_pow.
+    #[arg(long)]
+    pub guidance_scale_pow: Option<f64>,
+    /// Gumbel temperature at step 0. Default: model.img_generator.randomize_temperature.
+    #[arg(long)]
+    pub randomize_temperature: Option<f64>,
+    /// Divide the logits by 0.5 + 0.8·(1 − r): true (TiTok's sampling script) or false (the SFTok configs' default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub softmax_temperature_annealing: bool,
+    /// Sampling steps. Default: model.img_generator.num_steps.
+    #[arg(long)]
+    pub num_steps: Option<i64>,
+    /// Samples in all (class-balanced: a multiple of the class count).
+    #[arg(long, default_value_t = 50_000)]
+    pub num: usize,
+    /// Images per generation call (the reference's per_proc_batch_size).
+    #[arg(long, default_value_t = 125)]
+    pub per_proc_batch: usize,
+    /// The process count whose layout fixes the row order (the reference's torchrun --nproc_per_node=8),
+    /// independent of how many processes really run.
+    #[arg(long, default_value_t = 8)]
+    pub virtual_ranks: usize,
+    /// Chunk c is generated after manual_seed(seed + c).
+    #[arg(long, default_value_t = 42)]
+    pub seed: i64,
+    /// The sample batch to write.
+    #[arg(long, default_value = "samples.npz")]
+    pub out: PathBuf,
+    /// Keep <out>.parts/ (the per-chunk files) after writing the .npz.
+    #[arg(long)]
+    pub keep_parts: bool,
+    /// Minutes rank 0 waits for the other processes' chunks before giving up.
+    #[arg(long, default_value_t = 600.0)]
+    pub wait_minutes: f64,
+    #[command(flatten)]
+    pub device: DeviceFlag,
+}
+
+impl SampleFlags {
+    /// Samples as the flags say (RANK / WORLD_SIZE from the environment) and prints a summary.
+    pub fn run(self) -> Result<sftok_model::eval::sample::SampleReport> {
+        use anyhow::Context;
+        let generator = self.generator.context("sampling needs --generator <sftok-train generator output>/ema_model")?;
+        let tokenizer = self.tokenizer.context("sampling needs --tokenizer <stage-3 output>/ema_model (the tokenizer the generator was trained on)")?;
+        let device = self.device.resolve()?;
+        let settings = sftok_model::maskgit_sampler::SamplingOverrides {
+            guidance_scale: self.guidance_scale,
+            guidance_decay: self.guidance_decay,
+            guidance_scale_pow: self.guidance_scale_pow,
+            randomize_temperature: self.randomize_temperature,
+            softmax_temperature_annealing: Some(self.softmax_temperature_annealing),
+            num_steps: self.num_steps,
+        };
+        let (rank, world_size) = sftok_pipeline::loader::sources::rank_and_world(None, None)?;
+        let req = sftok_model::eval::sample::SampleRequest {
+            generator,
+            generator_config: self.generator_config,
+            tokenizer: ModelSpec { checkpoint: tokenizer, config: self.tokenizer_config, overrides: vec![], teacher: self.teacher, steps: None, seed: 0 },
+            settings,
+            num: self.num,
+            per_proc_batch: self.per_proc_batch,
+            virtual_ranks: self.virtual_ranks,
+            seed: self.seed,
+            out: self.out,
+            rank,
+            world_size,
+            device,
+            keep_parts: self.keep_parts,
+            wait: std::time::Duration::from_secs_f64(self.wait_minutes * 60.0),
+        };
+        let r = sftok_model::eval::sample::run_sample(&req)?;
+        eprintln!(
+            "rank {rank}: {} chunk(s) generated, {} kept from an earlier run; {:.1} images/s; peak RSS {:.0} MB",
+            r.chunks_done_here, r.chunks_kept, r.images_per_second, r.peak_rss_mb
+        );
+        if r.merged {
+            println!("samples: {} ({} images, arr_0 uint8; how they were made: {})", r.out.display(), req.num, sftok_model::eval::sample::sidecar_path(&r.out).display());
+        }
+        Ok(r)
+    }
+}

@@ -133,3 +133,31 @@ pub fn generate(model: &ImageBert, labels: &Tensor, s: &GeneratorSampling) -> Sa
         SampleOutput { ids, step_input_ids: Tensor::stack(&inputs, 0), last_logits: last_logits.expect("num_steps ≥ 1") }
     })
 }
+
+/// Command-line replacements for the config's sampling settings (None keeps the config's).
+#[derive(Clone, Debug, Default)]
+pub struct SamplingOverrides {
+    pub guidance_scale: Option<f64>,
+    pub guidance_decay: Option<String>,
+    pub guidance_scale_pow: Option<f64>,
+    pub randomize_temperature: Option<f64>,
+    pub softmax_temperature_annealing: Option<bool>,
+    pub num_steps: Option<i64>,
+}
+
+impl SamplingOverrides {
+    pub fn apply(&self, mut s: GeneratorSampling) -> Result<GeneratorSampling> {
+        s.guidance_scale = self.guidance_scale.unwrap_or(s.guidance_scale);
+        if let Some(d) = &self.guidance_decay {
+            s.guidance_decay = GuidanceDecay::parse(d).map_err(|e| anyhow::anyhow!("--guidance-decay: {e}"))?;
+        }
+        s.guidance_scale_pow = self.guidance_scale_pow.unwrap_or(s.guidance_scale_pow);
+        s.randomize_temperature = self.randomize_temperature.unwrap_or(s.randomize_temperature);
+        s.softmax_temperature_annealing = self.softmax_temperature_annealing.unwrap_or(s.softmax_temperature_annealing);
+        s.num_steps = self.num_steps.unwrap_or(s.num_steps);
+        if s.num_steps < 1 {
+            bail!("--num-steps {}: at least one step", s.num_steps);
+        }
+        Ok(s)
+    }
+}

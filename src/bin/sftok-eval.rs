@@ -1,7 +1,7 @@
 //! `sftok-eval`: FID-family metrics and reconstructions.
 
 use clap::{Parser, Subcommand};
-use sftok::flags::{DeviceFlag, FidFlags, ModelFlags, Pipeline};
+use sftok::flags::{DeviceFlag, FidFlags, ModelFlags, Pipeline, SampleFlags};
 use sftok_model::eval::bench::FeatureBench;
 use sftok_model::eval::fid::FidOptions;
 use sftok_model::eval::recon::ReconRequest;
@@ -106,6 +106,41 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Class-conditional samples of a trained generator, decoded by its tokenizer → an ADM sample batch
+    /// (`arr_0` uint8 [N, S, S, 3]), 50 per class in the reference's row order; resumable, and splittable
+    /// over processes (RANK / WORLD_SIZE, e.g. under torchrun) with a byte-identical result.
+    #[command(after_help = "Example:\n  sftok-eval sample --generator outputs/sftok_maskgit_run1/ema_model \\\n      --tokenizer outputs/sftok_b64_stage3_run1/ema_model --num 50000 --out sftok-b.npz\n  \
+        torchrun --nproc_per_node=8 --no-python sftok-eval sample ...   (same bytes as one process)\n\n\
+        Defaults are the paper's gFID settings (generator-maskgit.md §8): the generator config's guidance (4.5,\n\
+        constant), randomize_temperature 1.0, 8 steps, softmax temperature annealing ON (TiTok's sampling script;\n\
+        the SFTok configs do not say). Chunks of --per-proc-batch images go to <out>.parts/ (a killed run resumes\n\
+        there); the .npz appears only when complete, with <out>.json recording how it was made.")]
+    Sample {
+        #[command(flatten)]
+        sample: SampleFlags,
+    },
+    /// gFID: FID, sFID, IS, precision and recall of a sample batch against ADM's reference batch
+    /// (VIRTUAL_imagenet256_labeled.npz), ADM's definitions; samples from an .npz or made first.
+    #[command(after_help = "Example:\n  sftok-eval gfid sftok-b.npz --ref VIRTUAL_imagenet256_labeled.npz --weights pt_inception-2015-12-05-6726825d.pth\n  \
+        sftok-eval gfid --ref VIRTUAL_imagenet256_labeled.npz --weights pt_inception-2015-12-05-6726825d.pth \\\n      --generator gen/ema_model --tokenizer tok/ema_model --out sftok-b.npz   (sample, then evaluate)\n\n\
+        Published: SFTok-B gFID 2.32, SFTok-L 2.29 (50,000 samples).")]
+    Gfid {
+        /// The sample batch (.npz with arr_0); omit it to sample first with --generator/--tokenizer.
+        samples: Option<PathBuf>,
+        /// ADM's reference batch: mu/sigma (+ mu_s/sigma_s, arr_0) — VIRTUAL_imagenet256_labeled.npz.
+        #[arg(long = "ref")]
+        reference: PathBuf,
+        #[command(flatten)]
+        inception: FidFlags,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Images per Inception batch.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        #[command(flatten)]
+        sample: SampleFlags,
+    },
     /// Benchmark: Inception feature throughput with random weights (RESULT line).
     #[command(hide = true)]
     BenchFeatures {
@@ -173,8 +208,11 @@ fn main() {
                 random_weights: inception.random_weights,
                 skip_bad,
                 threads,
+                about_b: None,
             })
         }
+        Command::Sample { sample } => sample.run().map(|_| ()),
+        Command::Gfid { samples, reference, inception, json, batch, sample } => gfid(samples, reference, inception, json, batch, sample),
         Command::BenchFeatures { batch, batches, warmup, size, threads, float64, pipeline, seed } => {
             sftok_model::eval::bench::features(&FeatureBench {
                 batch,
@@ -189,4 +227,44 @@ fn main() {
         }
         Command::BenchFrechet { a, b, threads } => sftok_model::eval::bench::frechet(&a, &b, threads),
     });
+}
+
+fn gfid(samples: Option<PathBuf>, reference: PathBuf, inception: FidFlags, json: bool, batch: usize, sample: SampleFlags) -> anyhow::Result<()> {
+    let device = sample.device.resolve()?;
+    let samples = match samples {
+        Some(s) => s,
+        None => {
+            let report = sample.run()?;
+            if !report.merged {
+                return Ok(()); // ranks > 0 only generate; rank 0 evaluates
+            }
+            report.out
+        }
+    };
+    let sidecar = sftok_model::eval::sample::sidecar_path(&samples);
+    // How the samples were made (without the per-row labels), reported with the metrics.
+    let about_b = match std::fs::read_to_string(&sidecar) {
+        Ok(text) => {
+            let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", sidecar.display()))?;
+            v.as_object_mut().map(|o| o.remove("labels"));
+            Some(v)
+        }
+        Err(_) => None,
+    };
+    sftok_model::eval::fid::run(&FidOptions {
+        a: reference,
+        b: samples,
+        save_stats: None,
+        save_stats_b: None,
+        json,
+        device,
+        batch,
+        pipeline: Pipeline::Tf1.into(),
+        float64: false,
+        weights: inception.weights,
+        random_weights: inception.random_weights,
+        skip_bad: false,
+        threads: None,
+        about_b,
+    })
 }

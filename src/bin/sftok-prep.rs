@@ -150,7 +150,7 @@ enum Command {
         #[arg(long)]
         teacher: String,
         #[command(flatten)]
-        views: ViewFlags<10, 64>,
+        views: ViewFlags,
     },
     /// Run a trained SFTok tokenizer over fixed views of every image → one Parquet file of its 64 token ids per
     /// view per shard, the generator's training targets (dataset.params.pretokenization).
@@ -167,7 +167,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
-        views: ViewFlags<2, 128>,
+        views: ViewFlags,
     },
     /// Check that libtorch loads and computes correctly on the chosen device.
     #[command(after_help = "Example:\n  sftok-prep doctor --device auto")]
@@ -432,27 +432,28 @@ fn bench_load(shards: Vec<String>, batch: usize, workers: usize, warmup: usize, 
     Ok(())
 }
 
-/// The flags of the per-view encoding passes (proxy codes, tokens); defaults: views V, batch B.
+/// The flags of the per-view encoding passes (proxy codes, tokens). `--views` and `--batch` have
+/// per-command defaults (see `request`), so they are options here.
 #[derive(clap::Args)]
-struct ViewFlags<const V: usize, const B: usize> {
+struct ViewFlags {
     /// Shard directory, manifest.json or brace pattern.
     #[arg(long)]
     shards: String,
     /// Output directory for the Parquet files.
     #[arg(long)]
     out: PathBuf,
-    /// Stored views per image (1, or an even number).
-    #[arg(long, default_value_t = V)]
-    views: usize,
+    /// Stored views per image (1, or an even number). Default: proxy-codes 10, tokenize 2.
+    #[arg(long)]
+    views: Option<usize>,
     /// Shorter edge after resizing (dataset.preprocessing.resize_shorter_edge).
     #[arg(long, default_value_t = 256)]
     resize_shorter: u32,
     /// Crop size (dataset.preprocessing.crop_size).
     #[arg(long, default_value_t = 256)]
     crop: u32,
-    /// Views per encoder call.
-    #[arg(long, default_value_t = B)]
-    batch: usize,
+    /// Views per encoder call. Default: proxy-codes 64, tokenize 128.
+    #[arg(long)]
+    batch: Option<usize>,
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
@@ -461,33 +462,33 @@ struct ViewFlags<const V: usize, const B: usize> {
     part: Part,
 }
 
-impl<const V: usize, const B: usize> ViewFlags<V, B> {
-    fn request(self) -> Result<sftok_model::view_codes::ViewCodesRequest> {
+impl ViewFlags {
+    fn request(self, default_views: usize, default_batch: usize) -> Result<sftok_model::view_codes::ViewCodesRequest> {
         Ok(sftok_model::view_codes::ViewCodesRequest {
             shards: self.shards,
             out: self.out,
-            views: self.views,
+            views: self.views.unwrap_or(default_views),
             resize_shorter_edge: self.resize_shorter,
             crop_size: self.crop,
             device: sftok_model::device::parse_device(&self.device)?,
-            batch: self.batch,
+            batch: self.batch.unwrap_or(default_batch),
             part: self.part,
         })
     }
 }
 
-fn proxy_codes(teacher: String, flags: ViewFlags<10, 64>) -> Result<()> {
+fn proxy_codes(teacher: String, flags: ViewFlags) -> Result<()> {
     if teacher.starts_with("random:") {
         eprintln!("warning: --teacher {teacher}: a randomly initialised teacher (no weights ship with sftok); these codes only exercise the pipeline");
     }
-    let req = flags.request()?;
+    let req = flags.request(10, 64)?;
     encode_views("proxy-codes", &req, |on| sftok_model::proxy_codes::run(&teacher, &req, on))?;
     println!("codes: {}", req.out.display());
     Ok(())
 }
 
-fn tokenize(checkpoint: PathBuf, config: Option<PathBuf>, flags: ViewFlags<2, 128>) -> Result<()> {
-    let req = flags.request()?;
+fn tokenize(checkpoint: PathBuf, config: Option<PathBuf>, flags: ViewFlags) -> Result<()> {
+    let req = flags.request(2, 128)?;
     let spec = sftok_model::eval::recon::ModelSpec { checkpoint, config, overrides: vec![], teacher: None, steps: None, seed: 0 };
     encode_views("tokenize", &req, |on| sftok_model::tokenize::run(&spec, &req, on))?;
     println!("tokens: {}  (dataset.params.pretokenization={} for sftok-train generator)", req.out.display(), req.out.display());

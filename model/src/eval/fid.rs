@@ -34,6 +34,8 @@ pub struct FidOptions {
     pub random_weights: Option<i64>,
     pub skip_bad: bool,
     pub threads: Option<usize>,
+    /// How B was made (gFID: the sample batch's `.npz.json`), reported with the metrics.
+    pub about_b: Option<Value>,
 }
 
 /// The FID Inception from `--weights` (pytorch-fid's file or a safetensors copy) or
@@ -163,6 +165,7 @@ pub fn run(opts: &FidOptions) -> Result<()> {
         "fewer_than_50000_samples": few.is_some(),
         "frechet_seconds": fid_seconds,
         "frechet_singular_covariance": fid.singular,
+        "b_made_by": opts.about_b,
     });
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -176,6 +179,9 @@ pub fn run(opts: &FidOptions) -> Result<()> {
             (None, _) => "statistics from the file".to_string(),
         };
         println!("{:<28} {} ({what})", "input", s.label);
+    }
+    if let Some(about) = &opts.about_b {
+        println!("{:<28} {}", "B made by", serde_json::to_string(about)?);
     }
     if net.is_some() {
         println!("{:<28} {pipeline_name} resize, {} network", "pipeline", report["network_dtype"].as_str().unwrap_or(""));

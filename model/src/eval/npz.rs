@@ -18,7 +18,7 @@ use zip::write::FileOptions;
 #[cfg(target_endian = "big")]
 compile_error!("the .npy reader/writer copies little-endian bytes as they are in memory");
 
-const MAGIC: &[u8] = b"\x93NUMPY";
+use sftok_pipeline::npy::NPY_MAGIC as MAGIC;
 
 /// What an `.npy` header says.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,27 +106,11 @@ pub fn read_npy_header(r: &mut impl Read, what: &str) -> Result<NpyHeader> {
 }
 
 /// Header bytes for a C-order array, padded so the data starts 64-byte aligned (as numpy does).
+/// numpy's header for a C-order tensor (`sftok_pipeline::npy`, the one implementation).
 fn npy_header_bytes(kind: Kind, shape: &[i64]) -> Result<Vec<u8>> {
     let descr = kind_descr(kind).with_context(|| format!("cannot write {kind:?} to .npy"))?;
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = match dims.len() {
-        1 => format!("({},)", dims[0]),
-        _ => format!("({})", dims.join(", ")),
-    };
-    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    let (version, lead) = if dict.len() + 11 < 65536 { (1u8, 10) } else { (2u8, 12) };
-    let pad = (64 - (lead + dict.len() + 1) % 64) % 64;
-    dict.push_str(&" ".repeat(pad));
-    dict.push('\n');
-    let mut out = MAGIC.to_vec();
-    out.extend([version, 0]);
-    if version == 1 {
-        out.extend((dict.len() as u16).to_le_bytes());
-    } else {
-        out.extend((dict.len() as u32).to_le_bytes());
-    }
-    out.extend(dict.as_bytes());
-    Ok(out)
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    Ok(sftok_pipeline::npy::npy_header(descr, &dims))
 }
 
 fn member(name: &str) -> String {
@@ -143,7 +127,13 @@ impl NpzReader {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let archive = ZipArchive::new(BufReader::new(file))
-            .with_context(|| format!("{} is not an .npz (zip) file", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{} is not a complete .npz (zip) file — truncated by an interrupted copy or write, or another format: \
+                     re-create it (a killed `sftok-eval sample` resumes from <out>.parts when rerun)",
+                    path.display()
+                )
+            })?;
         Ok(NpzReader { path: path.to_path_buf(), archive })
     }
 
