@@ -189,12 +189,7 @@ fn with_codes_each_sample_is_cut_exactly_as_its_stored_view() {
     let shards = tmp.path().join("shards");
     write_shards(&shards, &items, 5);
     let views = write_store(&tmp.path().join("codes"), &items, StoreSpec { per_shard: 5, resize: 256, crop: 256, v: 10, n: 16, skip_key: None });
-    let mut cfg = LoaderConfig::train(vec![shards.display().to_string()]);
-    cfg.batch_size = 4;
-    cfg.shuffle_buffer = 5;
-    cfg.epochs = Some(2);
-    cfg.codes = Some(tmp.path().join("codes"));
-    let mut loader = Loader::new(cfg).unwrap();
+    let mut loader = Loader::new(loader_cfg_of(&shards, &tmp.path().join("codes"))).unwrap();
     assert_eq!(loader.code_meta().unwrap().views_per_image, 10);
     let batches = all_batches(&mut loader);
     assert_eq!(batches.len(), 6);
@@ -216,6 +211,27 @@ fn with_codes_each_sample_is_cut_exactly_as_its_stored_view() {
     ids.dedup();
     assert!(ids.len() >= 5, "view ids drawn: {ids:?}");
     assert_close("stored views", &ours, &oracle(tmp.path(), 256, 256, &reqs));
+
+    // Without pixels (generator training from stored tokens): the same keys, labels, views and
+    // codes in the same order, and no image bytes.
+    let mut cfg = loader_cfg_of(&shards, &tmp.path().join("codes"));
+    cfg.decode_pixels = false;
+    let bare = all_batches(&mut Loader::new(cfg).unwrap());
+    assert_eq!(bare.len(), batches.len());
+    for (a, b) in batches.iter().zip(&bare) {
+        assert!(b.images.is_empty());
+        assert_eq!((&a.keys, &a.labels, &a.codes, &a.views), (&b.keys, &b.labels, &b.codes, &b.views));
+    }
+}
+
+/// The configuration `with_codes_each_sample_is_cut_exactly_as_its_stored_view` reads with.
+fn loader_cfg_of(shards: &Path, codes: &Path) -> LoaderConfig {
+    let mut cfg = LoaderConfig::train(vec![shards.display().to_string()]);
+    cfg.batch_size = 4;
+    cfg.shuffle_buffer = 5;
+    cfg.epochs = Some(2);
+    cfg.codes = Some(codes.to_path_buf());
+    cfg
 }
 
 /// Small images and batches: the resume tests are about the stream, not the pixels.

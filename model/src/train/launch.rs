@@ -216,7 +216,10 @@ fn run_generator(cfg: Config, device: tch::Device, args: TrainArgs) -> Result<Fi
     } else if tokenizer.is_some() {
         eprintln!("tokenizing every batch on the fly (the reference's way; `sftok-prep tokenize` once is faster)");
     }
-    let data = data_factory(loader_config(&cfg, &args, with_tokens.then_some(stored))?);
+    let mut lc = loader_config(&cfg, &args, with_tokens.then_some(stored))?;
+    // Stored tokens and labels are all a step needs: no JPEG decoding.
+    lc.decode_pixels = !with_tokens;
+    let data = data_factory(lc);
     let fit_opts = fit_options(&cfg, device, &args);
     let task = GeneratorOptions { config: cfg, device, tokenizer, init: args.init.clone() };
     fit(&mut GeneratorTask::new(task)?, fit_opts, data)

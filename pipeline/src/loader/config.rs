@@ -38,6 +38,9 @@ pub struct LoaderConfig {
     pub codes: Option<PathBuf>,
     /// With codes: skip (and count) samples without codes instead of failing.
     pub skip_missing_codes: bool,
+    /// False: with codes attached, batches carry the codes and labels only (`images` empty, no
+    /// JPEG decoding) — generator training from stored tokens needs no pixels.
+    pub decode_pixels: bool,
 }
 
 impl LoaderConfig {
@@ -62,6 +65,7 @@ impl LoaderConfig {
             epochs: None,
             codes: None,
             skip_missing_codes: false,
+            decode_pixels: true,
         }
     }
 
@@ -97,6 +101,7 @@ impl LoaderConfig {
             crop_size: self.crop_size,
             random_crop: self.random_crop,
             random_flip: self.random_flip,
+            pixels: self.decode_pixels || self.codes.is_none(),
         }
     }
 }

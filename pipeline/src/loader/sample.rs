@@ -15,6 +15,8 @@ pub struct TransformSpec {
     pub crop_size: u32,
     pub random_crop: bool,
     pub random_flip: bool,
+    /// False: skip decoding (the sample's stored view and codes are what the batch carries).
+    pub pixels: bool,
 }
 
 /// The proxy codes travelling with a sample.
@@ -65,6 +67,10 @@ pub fn process(sample: TarSample, code: CodeChoice, spec: TransformSpec, seed: u
         CodeChoice::Missing => return Err("no proxy codes for this key".into()),
         CodeChoice::None => (None, None),
     };
+    if !spec.pixels && stored.is_some() {
+        pixels.clear();
+        return Ok(Decoded { key: sample.key, label, pixels, code });
+    }
     let pick = |rw: u32, rh: u32| match stored {
         Some(view) => Ok(view),
         None => View::random(&mut sample_rng(seed, epoch, &sample.key), rw, rh, spec.crop_size, spec.random_crop, spec.random_flip),
