@@ -1,6 +1,6 @@
 //! The generator path end to end on fake ImageNet with a tiny tokenizer (random weights, the tiny
 //! stage-3 config): `sftok-prep tokenize` → `sftok-train generator` (learning, kill -9 + resume)
-//! → `sftok-eval sample` (1 process vs 2, resume, numpy) → `sftok-eval gfid`, and bad input.
+//! → `sftok-eval sample` (1 process vs 2 under torchrun, resume, numpy) → `sftok-eval gfid`, and bad input.
 
 mod common;
 
@@ -125,14 +125,14 @@ fn two_sampling_processes_write_the_bytes_of_one_and_a_rerun_resumes() {
     trained_generator(dir);
     let text = run_ok(&mut sample(dir, "one.npz", &["--keep-parts"]));
     assert!(text.contains("8 chunk(s) generated"), "{text}");
-    // Two processes (RANK / WORLD_SIZE, as torchrun sets them) into one output.
-    let kids: Vec<_> = (0..2)
-        .map(|r| sample(dir, "two.npz", &[]).env("RANK", r.to_string()).env("WORLD_SIZE", "2").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap())
-        .collect();
-    for k in kids {
-        let o = k.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    // Two processes under torchrun (the real launcher: it sets RANK / WORLD_SIZE) into one output.
+    let torchrun = sftok_testkit_tch::python_path().with_file_name("torchrun");
+    let mut launch = Command::new(&torchrun);
+    launch.current_dir(dir).args(["--nproc_per_node=2", "--no-python", "--"]);
+    let s = sample(dir, "two.npz", &[]);
+    launch.arg(s.get_program()).args(s.get_args()).env_remove("LD_LIBRARY_PATH");
+    let text = run_ok(&mut launch);
+    assert!(text.contains("rank 1: 4 chunk(s) generated") && text.contains("rank 0: 4 chunk(s) generated"), "{text}");
     let (one, two) = (std::fs::read(dir.join("one.npz")).unwrap(), std::fs::read(dir.join("two.npz")).unwrap());
     assert!(one == two, "1 process and 2 processes wrote different sample batches");
     assert!(!dir.join("two.npz.parts").exists(), "the parts are removed after the merge without --keep-parts");

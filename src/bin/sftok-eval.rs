@@ -110,7 +110,7 @@ enum Command {
     /// (`arr_0` uint8 [N, S, S, 3]), 50 per class in the reference's row order; resumable, and splittable
     /// over processes (RANK / WORLD_SIZE, e.g. under torchrun) with a byte-identical result.
     #[command(after_help = "Example:\n  sftok-eval sample --generator outputs/sftok_maskgit_run1/ema_model \\\n      --tokenizer outputs/sftok_b64_stage3_run1/ema_model --num 50000 --out sftok-b.npz\n  \
-        torchrun --nproc_per_node=8 --no-python sftok-eval sample ...   (same bytes as one process)\n\n\
+        torchrun --nproc_per_node=8 --no-python -- sftok-eval sample ...   (same bytes as one process)\n\n\
         Defaults are the paper's gFID settings (generator-maskgit.md §8): the generator config's guidance (4.5,\n\
         constant), randomize_temperature 1.0, 8 steps, softmax temperature annealing ON (TiTok's sampling script;\n\
         the SFTok configs do not say). Chunks of --per-proc-batch images go to <out>.parts/ (a killed run resumes\n\
