@@ -19,7 +19,7 @@ demo: build
 # fixtures' sidecars, and find the fixtures through SFTOK_FIXTURES when it is set.
 FIXTURE_TESTS := --test sftok_parity --test vqgan_parity --test eval_metrics --test fid_inception \
 	--test sftok_checkpoint --test eval_fid --test recon --test lpips_parity --test dino_disc_parity \
-	--test stage3_step_parity --test stage3_handoff
+	--test stage3_step_parity --test stage3_handoff --test maskgit_generator_parity
 
 ## make test: every unit, parity and end-to-end test; then the fixture tests again on a copy of the
 ## fixtures in a temporary directory (SFTOK_FIXTURES), so that no test depends on where they lie.

@@ -72,6 +72,29 @@ step "11. rFID on the val shards (sftok-eval rfid) — RANDOM-WEIGHT Inception: 
 "$bin/sftok-eval" rfid --checkpoint outputs/sftok_tiny_stage2_run1/ema_model --teacher random:0 --shards shards/val \
   --random-weights 0 --float32 --device cpu --batch 8
 
+step "12. the stage-3 tokenizer's tokens for every training image, centre crop + mirror (sftok-prep tokenize)"
+rm -rf tokens
+"$bin/sftok-prep" tokenize --checkpoint outputs/sftok_tiny_stage3_run1/ema_model --shards shards/train --out tokens/train \
+  --resize-shorter 64 --crop 64 --batch 32 --device cpu | tee tokenize.log
+
+step "13. the class-conditional MaskGIT generator on those tokens (sftok-train generator)"
+"$bin/sftok-train" generator --config "$root/configs/tiny/sftok_tiny_maskgit.yaml" --device cpu \
+  --tokenizer outputs/sftok_tiny_stage3_run1/ema_model
+masked_loss() { # mean train/masked_loss of metrics.jsonl lines $1..$2
+  sed -n "$1,$2p" outputs/sftok_tiny_maskgit_run1/metrics.jsonl | sed -n 's/.*"train\/masked_loss":\([0-9.e-]*\).*/\1/p' |
+    awk '{ s += $1; n += 1 } END { printf "%.3f", s / n }'
+}
+echo
+echo "masked-token loss: first 10 steps $(masked_loss 1 10), last 50 steps $(masked_loss 251 300) nats"
+echo "  bound for a predictor without class or context: $(sed -n 's/.*with label smoothing 0.1: \([0-9.]*\).*/\1/p' tokenize.log) nats"
+
+step "14. 256 class-balanced samples → an ADM sample batch (sftok-eval sample), then gFID against the val images"
+echo "   (RANDOM-weight Inception: only a smoke test of the pipeline; the real one: --weights pt_inception-2015-12-05-6726825d.pth"
+echo "    --ref VIRTUAL_imagenet256_labeled.npz with 50,000 samples)"
+"$bin/sftok-eval" sample --generator outputs/sftok_tiny_maskgit_run1/ema_model --tokenizer outputs/sftok_tiny_stage3_run1/ema_model \
+  --num 256 --per-proc-batch 32 --device cpu --out samples.npz
+"$bin/sftok-eval" gfid samples.npz --ref imagenet/val --random-weights 0 --device cpu --batch 32
+
 step "done in $((SECONDS - t0)) s — outputs:"
 echo "  fake ImageNet        $out/imagenet  (train/, val/, LOC_val_solution.csv, LOC_synset_mapping.txt)"
 echo "  effective config     $out/sftok_tiny_stage1.effective.yaml"
@@ -80,3 +103,6 @@ echo "  proxy codes          $out/codes/train/  (one Parquet file per shard)"
 echo "  stage 1 / 2 / 3      $out/outputs/sftok_tiny_stage{1,2,3}_run1/  (checkpoint-*/, ema_model/, loss.png, metrics.jsonl)"
 echo "  TensorBoard          tensorboard --logdir $out/outputs"
 echo "  reconstructions      $out/recon/grid.png (stage 2), $out/recon3/grid.png (stage 3): original | reconstruction; tokens.json with PSNR"
+echo "  tokens               $out/tokens/train/  (8 token ids per view, one Parquet file per shard)"
+echo "  generator            $out/outputs/sftok_tiny_maskgit_run1/  (ema_model/, loss.png; train_images/*.png: one row of samples per class)"
+echo "  samples              $out/samples.npz (arr_0 uint8 [256, 64, 64, 3]) + samples.npz.json (settings, labels per row)"

@@ -181,7 +181,14 @@ pub fn run(opts: &FidOptions) -> Result<()> {
         println!("{:<28} {} ({what})", "input", s.label);
     }
     if let Some(about) = &opts.about_b {
-        println!("{:<28} {}", "B made by", serde_json::to_string(about)?);
+        let m = &about["made_by"];
+        if m.is_object() {
+            println!("{:<28} {} + tokenizer {}, seed {}", "B made by generator", m["generator"], m["tokenizer"], m["seed"]);
+            println!("{:<28} {}", "B sampling", serde_json::to_string(&m["sampling"])?);
+            println!("{:<28} {}", "B tokenizer decoding", serde_json::to_string(&m["tokenizer_decoding"])?);
+        } else {
+            println!("{:<28} {}", "B made by", serde_json::to_string(about)?);
+        }
     }
     if net.is_some() {
         println!("{:<28} {pipeline_name} resize, {} network", "pipeline", report["network_dtype"].as_str().unwrap_or(""));
