@@ -120,7 +120,7 @@ pub fn generate(model: &ImageBert, labels: &Tensor, s: &GeneratorSampling) -> Sa
                 forward(0.0)
             };
             if s.softmax_temperature_annealing {
-                logits = logits / (0.5 + 0.8 * (1.0 - ratio));
+                logits /= 0.5 + 0.8 * (1.0 - ratio);
             }
             // The head is a Linear: the logits are contiguous [B, N, K], and so is the noise.
             let u1 = Tensor::zeros(logits.size(), (Kind::Float, dev)).uniform_(0.0, 1.0);

@@ -34,7 +34,7 @@ pub fn checkpoint_fingerprint(spec: &str) -> Result<String> {
 
 /// Proxy codes of every view of `req`'s shards with the teacher `teacher` (file or `random:SEED`).
 pub fn run(teacher: &str, req: &ViewCodesRequest, on_views: &dyn Fn(u64)) -> Result<ViewCodesSummary> {
-    if req.crop_size % 16 != 0 {
+    if !req.crop_size.is_multiple_of(16) {
         bail!("crop size {} is not a multiple of 16 (the teacher's grid)", req.crop_size);
     }
     let grid = (req.crop_size / 16) as usize;

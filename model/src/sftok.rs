@@ -290,13 +290,6 @@ impl LoadedSFTok {
     /// Saves `model.safetensors` + `config.json` (the full config, reference layout) in `dir`, the
     /// layout `PyTorchModelHubMixin` uses, so the Python reference loads it strictly.
     pub fn save_dir(vs: &nn::VarStore, config: &Config, dir: &std::path::Path) -> Result<()> {
-        Self::save_tensors_dir(vs.variables(), config, dir)
-    }
-
-    /// As [`LoadedSFTok::save_dir`] for named tensors (e.g. the EMA shadow weights).
-    pub fn save_tensors_dir(tensors: impl IntoIterator<Item = (String, Tensor)>, config: &Config, dir: &std::path::Path) -> Result<()> {
-        crate::checkpoint::save_tensors(tensors, &dir.join("model.safetensors"))?;
-        let json = serde_json::to_string_pretty(config)?;
-        sftok_pipeline::fsutil::write_atomic(&dir.join("config.json"), json.as_bytes())
+        crate::checkpoint::save_weights_dir(vs.variables(), config, dir)
     }
 }

@@ -322,3 +322,11 @@ pub fn save_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>, path: &
     named.sort_by(|a, b| a.0.cmp(&b.0));
     write_atomic_with(path, |tmp| Tensor::write_safetensors(&named, tmp).map_err(|e| anyhow!("{e}")))
 }
+
+/// A weights directory as the reference's `PyTorchModelHubMixin` writes it: `model.safetensors`
+/// (these tensors, their names unchanged) + `config.json` (the full config, reference layout).
+pub fn save_weights_dir(tensors: impl IntoIterator<Item = (String, Tensor)>, config: &crate::config::Config, dir: &Path) -> Result<()> {
+    save_tensors(tensors, &dir.join("model.safetensors"))?;
+    let json = serde_json::to_string_pretty(config)?;
+    sftok_pipeline::fsutil::write_atomic(&dir.join("config.json"), json.as_bytes())
+}

@@ -189,8 +189,6 @@ impl Task for GeneratorTask {
     }
 
     fn save_weights(&self, tensors: Vec<(String, Tensor)>, dir: &Path) -> Result<()> {
-        crate::checkpoint::save_tensors(tensors, &dir.join("model.safetensors"))?;
-        let json = serde_json::to_string_pretty(&self.cfg)?;
-        sftok_pipeline::fsutil::write_atomic(&dir.join("config.json"), json.as_bytes())
+        crate::checkpoint::save_weights_dir(tensors, &self.cfg, dir)
     }
 }

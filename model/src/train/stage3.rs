@@ -19,7 +19,7 @@ use super::token_task::{EvalSetup, evaluate_val, reconstruction_grid, require_fl
 use crate::checkpoint::StateDict;
 use crate::config::Config;
 use crate::multistep_decoder::DecoderInput;
-use crate::sftok::{ForwardOutput, LoadedSFTok, SFTok, SFTokConfig};
+use crate::sftok::{ForwardOutput, SFTok, SFTokConfig};
 use crate::stage3_loss::{FrozenNets, Stage3Loss};
 use crate::vqgan::MaskgitVqgan;
 use anyhow::{Context, Result, bail};
@@ -331,6 +331,6 @@ impl Task for Stage3Task {
     }
 
     fn save_weights(&self, tensors: Vec<(String, Tensor)>, dir: &Path) -> Result<()> {
-        LoadedSFTok::save_tensors_dir(tensors, &self.cfg, dir)
+        crate::checkpoint::save_weights_dir(tensors, &self.cfg, dir)
     }
 }

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::eval::recon_eval::{ReconEvalOptions, evaluate_reconstruction};
 use crate::inception::FidInception;
 use crate::losses::masked_token_ce;
-use crate::sftok::{ForwardOutput, LoadedSFTok, SFTok, SFTokConfig};
+use crate::sftok::{ForwardOutput, SFTok, SFTokConfig};
 use crate::vqgan::MaskgitVqgan;
 use anyhow::{Context, Result, bail};
 use sftok_pipeline::batch::Batch;
@@ -234,7 +234,7 @@ impl<S: TokenStage> Task for TokenTask<S> {
     }
 
     fn save_weights(&self, tensors: Vec<(String, Tensor)>, dir: &Path) -> Result<()> {
-        LoadedSFTok::save_tensors_dir(tensors, &self.cfg, dir)
+        crate::checkpoint::save_weights_dir(tensors, &self.cfg, dir)
     }
 }
 
