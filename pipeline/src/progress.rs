@@ -6,6 +6,12 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// `1h05m` / `3m07s`: the remaining time in progress lines and the trainer's console.
+pub fn format_eta(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    if s >= 3600 { format!("{}h{:02}m", s / 3600, (s % 3600) / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
+}
+
 pub struct Progress {
     bar: Option<ProgressBar>,
     plain: Option<Mutex<Plain>>,
@@ -55,7 +61,8 @@ impl Progress {
             if p.last.elapsed() >= PLAIN_EVERY {
                 p.last = Instant::now();
                 let rate = p.done as f64 / p.start.elapsed().as_secs_f64().max(1e-9);
-                eprintln!("{}: {}/{} ({rate:.1}/s)", self.label, p.done, self.total);
+                let left = self.total.saturating_sub(p.done) as f64 / rate.max(1e-9);
+                eprintln!("{}: {}/{} ({rate:.1}/s, ETA {})", self.label, p.done, self.total, format_eta(left));
             }
         }
     }

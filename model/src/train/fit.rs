@@ -12,7 +12,8 @@
 use super::ema::Ema;
 use super::optim::{AdamW, AdamWConfig, LrSchedule, clip_grad_norm, grad_norm_of};
 use super::plot::Panel;
-use super::run_log::{RunLog, format_eta};
+use super::run_log::RunLog;
+use sftok_pipeline::progress::format_eta;
 use super::state::{self, TrainerState};
 use super::task::{Metrics, Precision, Preview, StepContext, Task};
 use crate::config::Config;

@@ -89,9 +89,3 @@ fn truncate_jsonl(path: &Path, step: u64) -> Result<()> {
         .collect();
     sftok_pipeline::fsutil::write_atomic(path, kept.as_bytes())
 }
-
-/// `1h05m` / `3m07s`.
-pub fn format_eta(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    if s >= 3600 { format!("{}h{:02}m", s / 3600, (s % 3600) / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
-}
