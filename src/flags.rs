@@ -147,6 +147,9 @@ pub struct SampleFlags {
     /// Images per generation call (the reference's per_proc_batch_size).
     #[arg(long, default_value_t = 125)]
     pub per_proc_batch: usize,
+    /// Images per tokenizer decode call (bounds memory; part of what makes the samples, recorded in <out>.json).
+    #[arg(long, default_value_t = 8)]
+    pub decode_batch: usize,
     /// The process count whose layout fixes the row order (the reference's torchrun --nproc_per_node=8),
     /// independent of how many processes really run.
     #[arg(long, default_value_t = 8)]
@@ -190,6 +193,7 @@ impl SampleFlags {
             settings,
             num: self.num,
             per_proc_batch: self.per_proc_batch,
+            decode_batch: self.decode_batch,
             virtual_ranks: self.virtual_ranks,
             seed: self.seed,
             out: self.out,

@@ -130,6 +130,9 @@ pub struct SampleRequest {
     pub num: usize,
     /// Images per generation call (`per_proc_batch_size`, 125).
     pub per_proc_batch: usize,
+    /// Images per tokenizer decode call within a chunk: bounds the pixel decoder's activations
+    /// (at 256 px even the tiny pixel decoder holds ~1.4 GB of float32 activations for 25 images).
+    pub decode_batch: usize,
     /// The rank layout that fixes the row order (8: the reference's torchrun layout), whatever
     /// the number of processes actually running.
     pub virtual_ranks: usize,
@@ -183,6 +186,7 @@ fn fingerprint(req: &SampleRequest, g: &LoadedGenerator, settings: &crate::maskg
         },
         "seed": req.seed,
         "seeding": "manual_seed(seed + chunk) before each chunk of per_proc_batch images",
+        "decode_batch": req.decode_batch,
         "pixels": "clamp(0,1), uint8(x*255) truncating (TiTok sample_fn)",
     }))
 }
@@ -198,6 +202,9 @@ pub fn run_sample(req: &SampleRequest) -> Result<SampleReport> {
     let tok = TokenDecoder::load(&req.tokenizer, req.device)?;
     tok.check_pairs_with(&g.model.cfg)?;
     let settings = req.settings.apply(crate::maskgit_sampler::GeneratorSampling::from_config(&g.config.model.img_generator)?)?;
+    if req.decode_batch == 0 {
+        bail!("--decode-batch must be positive");
+    }
     let classes = g.model.cfg.num_classes as usize;
     let plan = SamplePlan::new(req.num, classes, req.per_proc_batch, req.virtual_ranks)?;
     let mine = plan.chunks_of_process(req.rank, req.world_size)?;
@@ -221,8 +228,11 @@ pub fn run_sample(req: &SampleRequest) -> Result<SampleReport> {
         let labels = Tensor::from_slice(&plan.chunk_labels(c)).to_device(req.device);
         tch::manual_seed(req.seed + c as i64);
         let ids = crate::maskgit_sampler::generate(&g.model, &labels, &settings).ids;
-        let pixels = to_uint8_nhwc(&tok.decode(&ids)?);
-        store.write_chunk(c, &Vec::<u8>::try_from(pixels.reshape([-1]))?)?;
+        let mut pixels = Vec::with_capacity(store.chunk_bytes());
+        for part in ids.split(req.decode_batch as i64, 0) {
+            pixels.extend(Vec::<u8>::try_from(to_uint8_nhwc(&tok.decode(&part)?).reshape([-1]))?);
+        }
+        store.write_chunk(c, &pixels)?;
         progress.inc(req.per_proc_batch as u64);
     }
     progress.finish();
