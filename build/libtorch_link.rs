@@ -4,7 +4,7 @@
 //! drops `libtorch_cuda.so` (nothing references it by symbol; it registers the CUDA backend in
 //! static initialisers). See shared/spec/toolchain-notes.md §7.
 //! `DEP_TCH_LIBTORCH_LIB` is only visible to direct dependents of torch-sys (`links = "tch"`).
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;

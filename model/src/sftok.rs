@@ -178,7 +178,7 @@ impl SFTok {
     pub fn encode(&self, x: &Tensor) -> (Tensor, QuantizerOutput) {
         let z = self.encoder.forward(x, &self.latent_tokens);
         // The reference disables autocast inside the quantizer: it always runs in float32.
-        tch::autocast(false, || self.quantize.forward(&z))
+        crate::autocast::float32(|| self.quantize.forward(&z))
     }
 
     /// Training-style forward: encode, mask, decode; stage 3 also decodes pixels.

@@ -113,7 +113,7 @@ impl Stage3Loss {
     /// §7.3: `L_G` of real images `x` and the soft-path reconstruction `x_hat` (not clamped), with
     /// the frozen quantizer's terms; the sum in the reference's order. Float32, no autocast.
     pub fn generator_loss(&self, x: &Tensor, x_hat: &Tensor, quant: &QuantizerOutput, global_step: u64) -> (Tensor, BTreeMap<String, f64>) {
-        tch::autocast(false, || {
+        crate::autocast::float32(|| {
             let x_hat = x_hat.to_kind(Kind::Float);
             let l = &self.cfg;
             let rec = (x - &x_hat).square().mean(Kind::Float) * l.reconstruction_weight;
@@ -155,7 +155,7 @@ impl Stage3Loss {
     /// §7.4: `L_D` on `x` and the detached reconstruction; updates the LeCam EMA. Only called from
     /// `discriminator_start` on.
     pub fn discriminator_loss(&self, x: &Tensor, x_hat: &Tensor, global_step: u64) -> (Tensor, BTreeMap<String, f64>) {
-        tch::autocast(false, || {
+        crate::autocast::float32(|| {
             let factor = self.discriminator_factor(global_step);
             let out = discriminator_loss(
                 self.discriminator.as_ref(),

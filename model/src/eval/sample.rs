@@ -51,7 +51,7 @@ impl TokenDecoder {
     /// spans the whole batch), float32, no gradient.
     pub fn tokenize(&self, x: &Tensor) -> Tensor {
         tch::no_grad(|| {
-            let (_, q) = tch::autocast(false, || self.tokenizer.model.encode(&x.to_kind(Kind::Float)));
+            let (_, q) = crate::autocast::float32(|| self.tokenizer.model.encode(&x.to_kind(Kind::Float)));
             q.min_encoding_indices.flatten(1, -1)
         })
     }

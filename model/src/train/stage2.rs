@@ -33,7 +33,7 @@ impl TokenStage for Stage2 {
             return model.forward(x, codes, &DecoderInput::Random(None));
         }
         // The reference runs the guidance pass outside its autocast-wrapped forward: float32.
-        let guided = tch::autocast(false, || model.generate_guided_mask(x, codes));
+        let guided = crate::autocast::float32(|| model.generate_guided_mask(x, codes));
         model.forward(x, codes, &DecoderInput::Random(Some(&guided)))
     }
 

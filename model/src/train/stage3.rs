@@ -125,7 +125,7 @@ pub fn freeze(vs: &nn::VarStore) -> Vec<String> {
 pub fn stage3_forward(model: &SFTok, x: &Tensor) -> ForwardOutput {
     let b = x.size()[0];
     let shape_only = Tensor::zeros([b, model.cfg.decoder.num_proxy_codes], (Kind::Int64, x.device()));
-    let guided = tch::autocast(false, || model.generate_guided_mask(x, &shape_only));
+    let guided = crate::autocast::float32(|| model.generate_guided_mask(x, &shape_only));
     model.forward(x, &shape_only, &DecoderInput::Random(Some(&guided)))
 }
 
@@ -134,10 +134,10 @@ impl Stage3Task {
         let cfg = o.config;
         check_config(&cfg)?;
         let precision = Precision::resolve(cfg.training.mixed_precision, o.device)?;
-        if cfg.losses.reference_discriminator_grad_leak && precision != Precision::Float32 {
+        if cfg.losses.reference_discriminator_grad_leak && precision == Precision::Fp16Autocast {
             bail!(
-                "losses.reference_discriminator_grad_leak = True reproduces the reference's quirk in float32 runs only \
-                 (the leaked gradient would carry the fp16 loss scale): set training.mixed_precision=no or the leak False"
+                "losses.reference_discriminator_grad_leak = True cannot be reproduced under fp16 autocast \
+                 (the leaked gradient would carry the loss scale): set training.mixed_precision=no or bf16, or the leak False"
             );
         }
         tch::manual_seed(cfg.training.seed as i64);

@@ -5,8 +5,9 @@
 //! (tokens + class labels) are new files implementing the same trait.
 
 use super::plot::Panel;
+use crate::autocast::AutocastDtype;
 use crate::config::MixedPrecision;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use sftok_pipeline::batch::Batch;
 use sftok_pipeline::transform::RgbImage;
 use std::collections::BTreeMap;
@@ -39,16 +40,16 @@ pub enum Precision {
     Float32,
     /// CUDA fp16 autocast with a dynamic loss scale (PyTorch GradScaler semantics).
     Fp16Autocast,
+    /// bf16 autocast (CUDA or CPU) with fp32 master weights and no loss scale.
+    Bf16Autocast,
 }
 
 impl Precision {
-    /// `training.mixed_precision` on `device`: CPU runs are float32; bf16 is refused because tch
-    /// cannot select a bf16 autocast dtype.
+    /// `training.mixed_precision` on `device`: bf16 autocasts on CUDA and on the CPU (libtorch
+    /// has CPU autocast in bf16); fp16 autocasts on CUDA only (CPU fp16 runs are float32).
     pub fn resolve(mixed: MixedPrecision, device: Device) -> Result<Precision> {
         Ok(match (mixed, device) {
-            (MixedPrecision::Bf16, Device::Cuda(_)) => bail!(
-                "training.mixed_precision=bf16: tch cannot select a bf16 autocast dtype; use fp16 (the reference's setting) or no"
-            ),
+            (MixedPrecision::Bf16, _) => Precision::Bf16Autocast,
             (MixedPrecision::Fp16, Device::Cuda(_)) => Precision::Fp16Autocast,
             _ => Precision::Float32,
         })
@@ -58,6 +59,7 @@ impl Precision {
         match self {
             Precision::Float32 => "float32",
             Precision::Fp16Autocast => "fp16 autocast + dynamic loss scale",
+            Precision::Bf16Autocast => "bf16 autocast (fp32 master weights, no loss scale)",
         }
     }
 }
@@ -77,7 +79,8 @@ impl StepContext {
     /// spec keeps in float32 (the teacher's proxy codes, the quantizer, pixel losses).
     pub fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
         match self.precision {
-            Precision::Fp16Autocast => tch::autocast(true, f),
+            Precision::Fp16Autocast => crate::autocast::autocast(self.device, AutocastDtype::Float16, f),
+            Precision::Bf16Autocast => crate::autocast::autocast(self.device, AutocastDtype::BFloat16, f),
             Precision::Float32 => f(),
         }
     }
