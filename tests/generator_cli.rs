@@ -69,9 +69,19 @@ fn the_generator_learns_below_the_unigram_bound_of_its_tokens() {
     println!("masked-token loss: first 10 steps {first:.3}, last 30 steps {last:.3}; unigram bound {bound:.3}");
     assert!(first > bound, "the start ({first}) is already below the bound ({bound}): the test would prove nothing");
     assert!(last < bound - 0.1, "masked-token loss {last} not below the unigram bound {bound}");
-    // The preview is a class-conditional grid: one row of 4 samples per class, 64 px cells, 2 px gaps.
+    // The preview is a class-conditional grid: one row of 4 samples per class, 64 px cells, 2 px
+    // gaps, in train_images/ and in TensorBoard under "Train Generated" (read by tensorboard itself).
+    let (w, h) = (4 * 64 + 3 * 2, CLASSES as u32 * 64 + (CLASSES as u32 - 1) * 2);
     let png = image::open(dir.join("g/train_images/00000300.png")).unwrap();
-    assert_eq!((png.width(), png.height()), (4 * 64 + 3 * 2, CLASSES as u32 * 64 + (CLASSES as u32 - 1) * 2));
+    assert_eq!((png.width(), png.height()), (w, h));
+    let tb = sftok_testkit_tch::run_python(
+        "import sys\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator as E\n\
+         a = E(sys.argv[1], size_guidance={'images': 0}); a.Reload(); i = a.Images('Train Generated')[-1]\n\
+         print(a.Tags()['scalars'], i.step, i.width, i.height)",
+        &[dir.join("g/logs").to_str().unwrap()],
+    );
+    assert!(tb.contains("'train/masked_loss'") && tb.contains("'train/correct_tokens'"), "{tb}");
+    assert!(tb.trim().ends_with(&format!("300 {w} {h}")), "{tb}");
 }
 
 #[test]

@@ -223,7 +223,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
             match with_eval_weights(ema.as_ref(), &vars, || task.preview(t.num_generated_images as usize))? {
                 Preview::Image(grid) => {
                     let png = sftok_pipeline::transform::encode_png(&grid)?;
-                    log.image("Train Reconstruction", step, &png, grid.width, grid.height)?;
+                    log.image(task.preview_tag(), step, &png, grid.width, grid.height)?;
                     let dir = out.join("train_images");
                     std::fs::create_dir_all(&dir)?;
                     sftok_pipeline::fsutil::write_atomic(&dir.join(format!("{step:08}.png")), &png)?;

@@ -177,6 +177,10 @@ impl Task for GeneratorTask {
         Ok(Preview::Image(sftok_pipeline::transform::grid(&rows, 2)))
     }
 
+    fn preview_tag(&self) -> &'static str {
+        "Train Generated"
+    }
+
     fn console_summary(&self, m: &Metrics) -> String {
         format!("loss {:.4} | acc {:.3}", m["train/loss"], m["train/correct_tokens"])
     }

@@ -124,6 +124,11 @@ pub trait Task {
     /// A preview of the last micro-batch with the current weights (the loop swaps in the EMA).
     fn preview(&mut self, n: usize) -> Result<Preview>;
 
+    /// The preview's TensorBoard tag (the reference's image key).
+    fn preview_tag(&self) -> &'static str {
+        "Train Reconstruction"
+    }
+
     /// Periodic evaluation with the current weights (the loop swaps in the EMA): `ema_eval/*`.
     fn evaluate(&mut self) -> Result<Metrics> {
         Ok(Metrics::new())
