@@ -54,6 +54,22 @@ pub struct ViewCodesSummary {
 }
 
 impl ViewCodesSummary {
+    /// Entropy (nats) of the ids written, each probability mixed with `smoothing` of the uniform
+    /// distribution: H(0.9·q + 0.1/K) is the smallest label-smoothed (0.1) cross-entropy a
+    /// predictor that knows only the id frequencies can reach. None when nothing was written.
+    pub fn unigram_entropy(&self, smoothing: f64) -> Option<f64> {
+        let total: u64 = self.code_histogram.iter().sum();
+        let k = self.code_histogram.len() as f64;
+        (total > 0).then(|| {
+            self.code_histogram
+                .iter()
+                .map(|&c| (1.0 - smoothing) * c as f64 / total as f64 + smoothing / k)
+                .filter(|&p| p > 0.0)
+                .map(|p| -p * p.ln())
+                .sum()
+        })
+    }
+
     pub fn codes_used(&self) -> usize {
         self.code_histogram.iter().filter(|&&c| c > 0).count()
     }

@@ -241,16 +241,7 @@ fn gfid(samples: Option<PathBuf>, reference: PathBuf, inception: FidFlags, json:
             report.out
         }
     };
-    let sidecar = sftok_model::eval::sample::sidecar_path(&samples);
-    // How the samples were made (without the per-row labels), reported with the metrics.
-    let about_b = match std::fs::read_to_string(&sidecar) {
-        Ok(text) => {
-            let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", sidecar.display()))?;
-            v.as_object_mut().map(|o| o.remove("labels"));
-            Some(v)
-        }
-        Err(_) => None,
-    };
+    let about_b = sftok_model::eval::sample::read_sidecar(&samples)?;
     sftok_model::eval::fid::run(&FidOptions {
         a: reference,
         b: samples,

@@ -491,15 +491,8 @@ fn tokenize(checkpoint: PathBuf, config: Option<PathBuf>, flags: ViewFlags) -> R
     let req = flags.request(2, 128)?;
     let spec = sftok_model::eval::recon::ModelSpec { checkpoint, config, overrides: vec![], teacher: None, steps: None, seed: 0 };
     let sum = encode_views("tokenize", &req, |on| sftok_model::tokenize::run(&spec, &req, on))?;
-    // What a generator must beat: a predictor that knows only the id frequencies of these tokens
-    // (no class, no context) reaches at best H(0.9·q + 0.1/K) with the reference's label smoothing.
-    let total: u64 = sum.code_histogram.iter().sum();
-    if total > 0 {
-        let k = sum.code_histogram.len() as f64;
-        let h = |eps: f64| -> f64 {
-            sum.code_histogram.iter().map(|&c| (1.0 - eps) * c as f64 / total as f64 + eps / k).filter(|&p| p > 0.0).map(|p| -p * p.ln()).sum()
-        };
-        println!("unigram entropy of the ids written here: {:.3} nats; with label smoothing 0.1: {:.3} (a generator's masked-token loss below it uses class and context)", h(0.0), h(0.1));
+    if let (Some(h), Some(bound)) = (sum.unigram_entropy(0.0), sum.unigram_entropy(0.1)) {
+        println!("unigram entropy of the ids written here: {h:.3} nats; with label smoothing 0.1: {bound:.3} (a generator's masked-token loss below it uses class and context)");
     }
     println!("tokens: {}  (dataset.params.pretokenization={} for sftok-train generator)", req.out.display(), req.out.display());
     Ok(())

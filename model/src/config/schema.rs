@@ -32,6 +32,13 @@ pub struct Experiment {
     pub keep_last_checkpoints: u64,
 }
 
+impl Experiment {
+    /// `init_weight` as a path (None when empty): where a fresh run starts unless `--init` says otherwise.
+    pub fn init_weight_path(&self) -> Option<std::path::PathBuf> {
+        (!self.init_weight.is_empty()).then(|| std::path::PathBuf::from(&self.init_weight))
+    }
+}
+
 impl Default for Experiment {
     fn default() -> Self {
         Experiment {

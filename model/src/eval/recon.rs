@@ -44,7 +44,16 @@ pub fn reconstruct(model: &SFTok, teacher: Option<&MaskgitVqgan>, x: &Tensor) ->
     tch::no_grad(|| {
         let (_, q) = model.encode(x);
         let tokens = q.min_encoding_indices.squeeze_dim(1); // [B, N]
-        let out = model.decode_tokens(&tokens);
+        Ok((decode_to_image(model, teacher, &tokens)?, tokens))
+    })
+}
+
+/// Token ids [B, N] → images [B, 3, H, W] clamped to [0, 1]: `decode_tokens` (drawing its Gumbel
+/// noise from libtorch's generator), then the model's own soft path + pixel decoder (stage 3) or
+/// the teacher's decoder on the decoded proxy codes (stages 1–2).
+pub fn decode_to_image(model: &SFTok, teacher: Option<&MaskgitVqgan>, tokens: &Tensor) -> Result<Tensor> {
+    tch::no_grad(|| {
+        let out = model.decode_tokens(tokens);
         let image = match (out.image, teacher) {
             (Some(img), _) => img,
             (None, Some(t)) => {
@@ -57,7 +66,7 @@ pub fn reconstruct(model: &SFTok, teacher: Option<&MaskgitVqgan>, x: &Tensor) ->
                  the MaskGIT-VQGAN teacher — pass --teacher maskgit-vqgan-imagenet-f16-256.bin"
             ),
         };
-        Ok((image.clamp(0.0, 1.0), tokens))
+        Ok(image.clamp(0.0, 1.0))
     })
 }
 

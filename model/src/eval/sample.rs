@@ -11,7 +11,7 @@ use crate::eval::recon::ModelSpec;
 use crate::image_bert::ImageBertConfig;
 use crate::sftok::LoadedSFTok;
 use crate::vqgan::MaskgitVqgan;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -65,20 +65,8 @@ impl TokenDecoder {
             if lo < 0 || hi >= k {
                 bail!("token ids in [{lo}, {hi}] but the tokenizer {} has {k} codes", self.source);
             }
-            let out = self.tokenizer.model.decode_tokens(ids);
-            let image = match (out.image, &self.teacher) {
-                (Some(img), _) => img,
-                (None, Some((_, t))) => {
-                    let (b, l) = out.generated.ids.size2()?;
-                    let g = (l as f64).sqrt() as i64;
-                    t.decode_raw(&out.generated.ids.reshape([b, g, g]))?
-                }
-                (None, None) => bail!(
-                    "tokenizer {} is a stage-1/2 model (no pixel decoder): pass --teacher maskgit-vqgan-imagenet-f16-256.bin to decode its proxy codes, or use a stage-3 tokenizer",
-                    self.source
-                ),
-            };
-            Ok(image.clamp(0.0, 1.0))
+            crate::eval::recon::decode_to_image(&self.tokenizer.model, self.teacher.as_ref().map(|t| &t.1), ids)
+                .with_context(|| format!("decoding generated tokens with the tokenizer {}", self.source))
         })
     }
 }
@@ -262,6 +250,16 @@ pub fn run_sample(req: &SampleRequest) -> Result<SampleReport> {
         peak_rss_mb: sftok_pipeline::procstat::peak_rss_mb(),
         settings: fp,
     })
+}
+
+/// How the sample batch `npz` was made (its `<npz>.json` without the per-row labels), for
+/// reporting with gFID; None when there is no such file.
+pub fn read_sidecar(npz: &Path) -> Result<Option<serde_json::Value>> {
+    let path = sidecar_path(npz);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let mut v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    v.as_object_mut().map(|o| o.remove("labels"));
+    Ok(Some(v))
 }
 
 /// `<samples>.npz.json`: how a sample batch was made (the `.npz` itself holds only `arr_0`, as

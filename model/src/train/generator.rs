@@ -19,7 +19,7 @@ use super::task::{Metrics, ParamGroup, Preview, StepContext, StepOutput, Task};
 use crate::config::Config;
 use crate::eval::sample::{TokenDecoder, rgb_images, to_uint8_nhwc};
 use crate::image_bert::{self, ImageBert, ImageBertConfig};
-use crate::losses::{masked_token_accuracy, masked_token_ce};
+use crate::losses::{masked_token_accuracy, token_ce, weighted_mean};
 use crate::maskgit_sampler::{GeneratorSampling, generate};
 use anyhow::{Context, Result, bail};
 use sftok_pipeline::batch::Batch;
@@ -81,7 +81,7 @@ impl GeneratorTask {
         tch::manual_seed(cfg.training.seed as i64);
         let vs = nn::VarStore::new(o.device);
         let model = ImageBert::new(&vs.root(), &mc);
-        let init = o.init.or_else(|| (!cfg.experiment.init_weight.is_empty()).then(|| PathBuf::from(&cfg.experiment.init_weight)));
+        let init = o.init.or_else(|| cfg.experiment.init_weight_path());
         Ok(GeneratorTask { cfg, vs, model, tokenizer: o.tokenizer, init })
     }
 
@@ -108,11 +108,11 @@ impl GeneratorTask {
 
     fn labels(&self, batch: &Batch, device: Device) -> Result<Tensor> {
         let c = self.model.cfg.num_classes;
-        if let Some(bad) = batch.labels.iter().find(|&&l| l < 0 || l >= c) {
-            let i = batch.labels.iter().position(|l| l == bad).unwrap_or(0);
+        if let Some(i) = batch.labels.iter().position(|&l| l < 0 || l >= c) {
             bail!(
-                "sample {} has class {bad}, outside model.img_generator.condition_num_classes = {c}: set condition_num_classes to the dataset's class count",
-                batch.keys.get(i).map_or("?", String::as_str)
+                "sample {} has class {}, outside model.img_generator.condition_num_classes = {c}: set condition_num_classes to the dataset's class count",
+                batch.keys.get(i).map_or("?", String::as_str),
+                batch.labels[i]
             );
         }
         Ok(Tensor::from_slice(&batch.labels).to_device(device))
@@ -148,10 +148,11 @@ impl Task for GeneratorTask {
         let g = &self.cfg.model.img_generator;
         let logits = ctx.autocast(|| self.model.forward(&masked, &labels, g.class_label_dropout, true).0).to_kind(Kind::Float);
         let l = &self.cfg.losses;
-        let loss = masked_token_ce(&logits, &tokens, &masks, l.label_smoothing, l.loss_weight_unmasked_token);
+        let ce = token_ce(&logits, &tokens, l.label_smoothing);
+        let loss = weighted_mean(&ce, &masks, l.loss_weight_unmasked_token);
         let scalar = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
         // The masked positions alone (same smoothing): what the learning bound of the tests refers to.
-        let masked_only = tch::no_grad(|| masked_token_ce(&logits, &tokens, &masks, l.label_smoothing, 0.0));
+        let masked_only = tch::no_grad(|| weighted_mean(&ce.detach(), &masks, 0.0));
         let metrics = Metrics::from([
             ("train/loss".into(), scalar(&loss)),
             ("train/masked_loss".into(), scalar(&masked_only)),

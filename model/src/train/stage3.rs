@@ -156,7 +156,7 @@ impl Stage3Task {
         let mut d_schedule = LrSchedule::from_config(&cfg)?;
         d_schedule.base = p.discriminator_learning_rate;
         d_schedule.max_steps = cfg.training.max_train_steps.saturating_sub(cfg.losses.discriminator_start);
-        let init = o.init.or_else(|| (!cfg.experiment.init_weight.is_empty()).then(|| PathBuf::from(&cfg.experiment.init_weight)));
+        let init = o.init.or_else(|| cfg.experiment.init_weight_path());
         Ok(Stage3Task {
             cfg,
             vs,

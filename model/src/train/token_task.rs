@@ -114,7 +114,7 @@ impl<S: TokenStage> TokenTask<S> {
         let mut model = SFTok::new(&vs.root(), &SFTokConfig::from_config(&cfg)?);
         // Only previews and evaluation decode tokens; the training forward never reads this.
         model.cfg.sampling.num_steps = S::decode_steps(&cfg);
-        let init = o.init.or_else(|| (!cfg.experiment.init_weight.is_empty()).then(|| PathBuf::from(&cfg.experiment.init_weight)));
+        let init = o.init.or_else(|| cfg.experiment.init_weight_path());
         Ok(TokenTask { cfg, vs, model, init, teacher: o.teacher, eval: o.eval, last_images: None, stage: PhantomData })
     }
 

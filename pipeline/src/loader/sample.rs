@@ -15,7 +15,7 @@ pub struct TransformSpec {
     pub crop_size: u32,
     pub random_crop: bool,
     pub random_flip: bool,
-    /// False: skip decoding (the sample's stored view and codes are what the batch carries).
+    /// False (only with codes attached): skip decoding; the sample's stored view and codes are what the batch carries.
     pub pixels: bool,
 }
 
@@ -67,7 +67,7 @@ pub fn process(sample: TarSample, code: CodeChoice, spec: TransformSpec, seed: u
         CodeChoice::Missing => return Err("no proxy codes for this key".into()),
         CodeChoice::None => (None, None),
     };
-    if !spec.pixels && stored.is_some() {
+    if !spec.pixels {
         pixels.clear();
         return Ok(Decoded { key: sample.key, label, pixels, code });
     }
