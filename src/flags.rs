@@ -27,9 +27,11 @@ pub struct DeviceFlag {
 }
 
 impl DeviceFlag {
-    /// The libtorch device; `auto` is CUDA device 0 when libtorch sees a GPU, else the CPU.
+    /// The libtorch device; `auto` is CUDA device 0 when libtorch sees a GPU, else the CPU. Under
+    /// torchrun / srun, `auto` and `cuda` mean this process's GPU (LOCAL_RANK / SLURM_LOCALID).
     pub fn resolve(&self) -> Result<tch::Device> {
-        sftok_model::device::parse_device(&self.device)
+        let local_rank = sftok_pipeline::launch_env::ProcessEnv::from_env()?.local_rank;
+        sftok_model::device::parse_device_for_local_rank(&self.device, local_rank)
     }
 }
 

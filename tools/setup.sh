@@ -6,8 +6,8 @@
 # reruns skip the ~3 minute download. Inside the clone it leaves two ignored symlinks:
 #   .libtorch -> <venv>/.../site-packages/torch   (read by .cargo/config.toml: LIBTORCH)
 #   .venv     -> <venv>                           (the tests' Python oracle)
-# It also makes sure libjpeg-turbo's headers are there (Debian/Ubuntu: libjpeg-dev), for the
-# JPEG decoder shim pipeline/csrc/sftok_jpeg.c.
+# It also makes sure libjpeg-turbo's and gloo's headers are there (Debian/Ubuntu: libjpeg-dev,
+# libgloo-dev), for the shims pipeline/csrc/sftok_jpeg.c and model/csrc/sftok_c10d.cpp.
 # Re-running it is a no-op unless tools/requirements-oracle.txt changed.
 set -euo pipefail
 
@@ -23,21 +23,30 @@ if ! command -v "$python" >/dev/null; then
   exit 1
 fi
 
-# libjpeg-turbo (the decoder PIL uses): the loader decodes JPEGs through it, pixel for pixel as PIL.
-if [ ! -f /usr/include/jpeglib.h ] && [ -z "${SFTOK_JPEG_INCLUDE:-}" ]; then
-  sudo=""
+# System headers, from Debian/Ubuntu packages when missing:
+#   libjpeg-dev  libjpeg-turbo (the decoder PIL uses): the loader decodes JPEGs through it, pixel for pixel as PIL;
+#   libgloo-dev  gloo's headers, which libtorch's c10d ProcessGroupGloo.hpp includes and the torch wheel lacks
+#                (model/csrc/sftok_c10d.cpp: data-parallel training). Only headers are used: gloo itself is
+#                linked into libtorch_cpu.
+apt_install() { # package, the header that shows it is there, how to do without apt
+  local pkg="$1" header="$2" otherwise="$3"
+  [ -f "$header" ] && return 0
+  local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   if command -v apt-get >/dev/null; then
-    echo "setup.sh: installing libjpeg-dev (libjpeg-turbo headers)" >&2
-    $sudo apt-get install -y -q libjpeg-dev >/dev/null 2>&1 || {
-      $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q libjpeg-dev >/dev/null
+    echo "setup.sh: installing $pkg" >&2
+    $sudo apt-get install -y -q "$pkg" >/dev/null 2>&1 || {
+      $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "$pkg" >/dev/null
     }
   else
-    echo "setup.sh: libjpeg-turbo headers (jpeglib.h) are missing: install libjpeg-turbo's development" \
-      "package, or set SFTOK_JPEG_INCLUDE and SFTOK_JPEG_LIB to its include and lib directories" >&2
+    echo "setup.sh: $header is missing and there is no apt-get: $otherwise" >&2
     exit 1
   fi
-fi
+}
+[ -n "${SFTOK_JPEG_INCLUDE:-}" ] || apt_install libjpeg-dev /usr/include/jpeglib.h \
+  "install libjpeg-turbo's development package, or set SFTOK_JPEG_INCLUDE and SFTOK_JPEG_LIB to its include and lib directories"
+[ -n "${SFTOK_GLOO_INCLUDE:-}" ] || apt_install libgloo-dev /usr/include/gloo/config.h \
+  "install gloo's headers (github.com/facebookincubator/gloo), or set SFTOK_GLOO_INCLUDE to a directory holding gloo/"
 
 want="$(sha256sum "$req" | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

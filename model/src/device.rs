@@ -18,6 +18,15 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// [`parse_device`] for process `local_rank` of its machine (torchrun's `LOCAL_RANK`, Slurm's
+/// `SLURM_LOCALID`): `auto` and `cuda` mean that process's GPU; `cuda:N` stays as given.
+pub fn parse_device_for_local_rank(spec: &str, local_rank: usize) -> Result<Device> {
+    match parse_device(spec)? {
+        Device::Cuda(0) if !spec.trim().contains(':') => cuda(local_rank),
+        d => Ok(d),
+    }
+}
+
 fn cuda(i: usize) -> Result<Device> {
     let n = tch::Cuda::device_count() as usize;
     if n == 0 {

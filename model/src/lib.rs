@@ -7,6 +7,7 @@ pub mod device;
 pub mod diff_aug;
 pub mod dino_discriminator;
 pub mod disc_loss;
+pub mod dist;
 pub mod doctor;
 pub mod eval;
 pub mod handoff;

@@ -57,7 +57,7 @@ fn stage1(out: &std::path::Path, precision: &str) -> Vec<f64> {
         "optimizer.params.learning_rate=1e-3".into(),
     ];
     let config = Config::load(&common::repo_root().join("configs/tiny/sftok_tiny_stage1.yaml"), &ov).unwrap();
-    let fit = FitOptions { config: config.clone(), device: Device::Cpu, resume: Some("never".into()), max_nonfinite_in_a_row: 3, stop: Arc::new(AtomicBool::new(false)) };
+    let fit = FitOptions { config: config.clone(), device: Device::Cpu, resume: Some("never".into()), max_nonfinite_in_a_row: 3, stop: Arc::new(AtomicBool::new(false)), dist: None };
     let task = TokenTaskOptions { config, device: Device::Cpu, init: None, teacher: None, eval: None };
     let summary = run_job(TrainJob::Stage1, task, fit, data(fixed_batch(4))).unwrap();
     assert_eq!(summary.global_step, 60);

@@ -52,7 +52,7 @@ fn stage3_trains_the_pixel_path_and_starts_the_discriminator_at_discriminator_st
         ],
     );
     let mut t = task(&cfg);
-    let fit_opts = FitOptions { config: cfg.clone(), device: Device::Cpu, resume: None, max_nonfinite_in_a_row: 3, stop: Arc::new(AtomicBool::new(false)) };
+    let fit_opts = FitOptions { config: cfg.clone(), device: Device::Cpu, resume: None, max_nonfinite_in_a_row: 3, stop: Arc::new(AtomicBool::new(false)), dist: None };
     let summary = fit(&mut t, fit_opts, data(batch.clone())).unwrap();
     assert_eq!(summary.global_step, 60);
     let mse = losses(dir.path(), "train/reconstruction_loss");
@@ -103,7 +103,7 @@ fn accumulating_two_micro_batches_gives_the_gradients_of_one_batch_of_both() {
         t.init_fresh(&mut |_| {}).unwrap();
         let n = batches.len() as f64;
         for (i, b) in batches.iter().enumerate() {
-            let ctx = StepContext { device: Device::Cpu, precision: Precision::Float32, global_step: 0, micro_step: i as u64 };
+            let ctx = StepContext { device: Device::Cpu, precision: Precision::Float32, global_step: 0, micro_step: i as u64, dist: None };
             tch::manual_seed(7);
             let out = t.step(b, &ctx).unwrap();
             (out.loss / n).backward(); // as the loop: each micro-batch's loss over the accumulation steps

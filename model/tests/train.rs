@@ -85,7 +85,7 @@ fn tiny_config(stage: u32, out: &std::path::Path, extra: &[&str]) -> Config {
 
 /// Trains `job` on `batch`; `teacher` only for the reconstruction previews (codes come with the batch).
 fn train(job: TrainJob, config: Config, init: Option<std::path::PathBuf>, teacher: bool, batch: Batch) -> anyhow::Result<FitSummary> {
-    let fit_opts = FitOptions { config: config.clone(), device: Device::Cpu, resume: None, max_nonfinite_in_a_row: 3, stop: Arc::new(AtomicBool::new(false)) };
+    let fit_opts = FitOptions { config: config.clone(), device: Device::Cpu, resume: None, max_nonfinite_in_a_row: 3, stop: Arc::new(AtomicBool::new(false)), dist: None };
     let teacher = teacher.then(|| sftok_model::vqgan::load_teacher("random:0", Device::Cpu).unwrap());
     run_job(job, TokenTaskOptions { config, device: Device::Cpu, init, teacher, eval: None }, fit_opts, data(batch))
 }

@@ -8,6 +8,7 @@ pub mod image_dir;
 pub mod imagenet;
 pub mod jpeg;
 pub mod jpeg_scan;
+pub mod launch_env;
 pub mod loader;
 pub mod manifest;
 pub mod npy;

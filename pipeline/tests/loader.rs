@@ -439,3 +439,15 @@ fn recycled_batch_buffers_do_not_change_the_stream() {
     assert_eq!(plain.len(), 6);
     assert!(plain == recycled, "recycling batch buffers changed the batches");
 }
+
+#[test]
+fn a_rank_with_less_than_one_training_batch_is_an_error_not_an_endless_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = synth_items(tmp.path(), 2, 3, 5);
+    let shards = tmp.path().join("shards");
+    write_shards(&shards, &items, 3); // 2 shards of 3
+    let mut cfg = resume_cfg(&shards, None);
+    (cfg.rank, cfg.world_size, cfg.batch_size, cfg.drop_last, cfg.epochs) = (1, 2, 4, true, None);
+    let err = Loader::new(cfg).unwrap().next_batch().err().expect("3 samples cannot make a batch of 4").to_string();
+    assert!(err.contains("rank 1 of 2") && err.contains("3 usable sample(s)") && err.contains("per_gpu_batch_size"), "{err}");
+}

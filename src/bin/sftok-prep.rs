@@ -457,22 +457,28 @@ struct ViewFlags {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Do shards K, K+N, … of this conversion (1-based), e.g. 2/8.
-    #[arg(long, value_name = "K/N", default_value = "1/1")]
-    part: Part,
+    /// Do shards K, K+N, … of this conversion (1-based), e.g. 2/8. Default: this process's share
+    /// under torchrun (RANK+1 / WORLD_SIZE) or srun (SLURM_PROCID+1 / SLURM_NTASKS), else 1/1.
+    #[arg(long, value_name = "K/N")]
+    part: Option<Part>,
 }
 
 impl ViewFlags {
     fn request(self, default_views: usize, default_batch: usize) -> Result<sftok_model::view_codes::ViewCodesRequest> {
+        // Under torchrun / srun: this process's share of the shards, on its machine's GPU number LOCAL_RANK.
+        let env = sftok_pipeline::launch_env::ProcessEnv::from_env()?;
         Ok(sftok_model::view_codes::ViewCodesRequest {
             shards: self.shards,
             out: self.out,
             views: self.views.unwrap_or(default_views),
             resize_shorter_edge: self.resize_shorter,
             crop_size: self.crop,
-            device: sftok_model::device::parse_device(&self.device)?,
+            device: sftok_model::device::parse_device_for_local_rank(&self.device, env.local_rank)?,
             batch: self.batch.unwrap_or(default_batch),
-            part: self.part,
+            part: match self.part {
+                Some(p) => p,
+                None => Part::new(env.rank + 1, env.world_size)?,
+            },
         })
     }
 }

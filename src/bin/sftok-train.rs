@@ -45,12 +45,16 @@ struct StageFlags {
     /// Decode threads of the loader (default: dataset.params.num_workers_per_gpu, at most the cores).
     #[arg(long)]
     workers: Option<usize>,
-    /// This process's rank (default: $RANK, else 0).
+    /// This process's rank in a data-parallel job (default: $RANK from torchrun, else $SLURM_PROCID, else 0).
     #[arg(long)]
     rank: Option<usize>,
-    /// Number of processes (default: $WORLD_SIZE, else 1).
+    /// Processes of the data-parallel job (default: $WORLD_SIZE from torchrun, else $SLURM_NTASKS, else 1).
     #[arg(long)]
     world_size: Option<usize>,
+    /// Seconds a collective waits for the other ranks before this rank stops with an error naming them
+    /// (PyTorch's default: 1800). Must exceed rank 0's longest pause: a periodic evaluation, a checkpoint.
+    #[arg(long, default_value_t = 1800)]
+    dist_timeout: u64,
     /// Config overrides: section.key=value
     overrides: Vec<String>,
 }
@@ -69,6 +73,7 @@ impl StageFlags {
             workers: self.workers,
             rank: self.rank,
             world_size: self.world_size,
+            dist_timeout: std::time::Duration::from_secs(self.dist_timeout),
             loss_weights: LossWeights::default(),
             tokenizer: None,
             tokenizer_config: None,
@@ -158,6 +163,22 @@ enum Command {
         #[command(flatten)]
         device: DeviceFlag,
     },
+    /// Gradient all-reduce bandwidth of this data-parallel set-up, through the trainer's own path
+    /// (~25 MB buckets; NCCL for CUDA tensors when built with it, Gloo otherwise). Rank 0 prints.
+    #[command(after_help = "Example:\n  torchrun --nproc_per_node 8 --no-python sftok-train allreduce-bench --device cuda --numel 175000000\n\n        One process alone measures the copy-in/copy-out cost of its own process group.")]
+    AllreduceBench {
+        #[command(flatten)]
+        device: DeviceFlag,
+        /// Gradient values (float32) per all-reduce; repeat for several sizes.
+        #[arg(long, required = true)]
+        numel: Vec<usize>,
+        /// Timed all-reduces per size (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Seconds a collective may wait for the other ranks.
+        #[arg(long, default_value_t = 300)]
+        dist_timeout: u64,
+    },
 }
 
 fn main() {
@@ -169,6 +190,7 @@ fn main() {
         Command::Generator(f) => generator(f),
         Command::Init { config, out, seed, overrides } => init(config, out, seed, overrides),
         Command::Doctor { device } => sftok::doctor(&device.device),
+        Command::AllreduceBench { device, numel, iters, dist_timeout } => allreduce_bench(&device, &numel, iters, dist_timeout),
     });
 }
 
@@ -219,6 +241,9 @@ fn generator(flags: GeneratorFlags) -> Result<()> {
 /// Runs the job and prints where its outputs are.
 fn report(job: TrainJob, args: TrainArgs) -> Result<()> {
     let summary = sftok_model::train::launch::run(job, args)?;
+    if summary.rank > 0 {
+        return Ok(()); // rank 0 reports for the data-parallel job
+    }
     let out = &summary.output_dir;
     if summary.interrupted {
         println!("interrupted at step {}; resume with the same command (--resume auto)", summary.global_step);
@@ -230,4 +255,28 @@ fn report(job: TrainJob, args: TrainArgs) -> Result<()> {
     println!("TensorBoard   tensorboard --logdir {}", out.join("logs").display());
     println!("loss curves   {}  (metrics: {})", out.join("loss.png").display(), out.join("metrics.jsonl").display());
     Ok(())
+}
+
+fn allreduce_bench(device: &DeviceFlag, numel: &[usize], iters: usize, timeout_s: u64) -> Result<()> {
+    use sftok_model::dist::{Dist, bench};
+    let env = sftok_pipeline::launch_env::ProcessEnv::from_env()?;
+    let device = device.resolve()?;
+    let dist = Dist::connect(&env, device, std::time::Duration::from_secs(timeout_s))?;
+    for &n in numel {
+        let r = bench::allreduce_rate(&dist, n, iters, device)?;
+        if dist.is_main() {
+            println!(
+                "all-reduce {:>11} float32 ({:>7.1} MB) over {} rank(s), {} on {}: {:>8.2} ms  algbw {:>6.2} GB/s  busbw {:>6.2} GB/s",
+                r.numel,
+                r.numel as f64 * 4.0 / 1e6,
+                dist.world_size,
+                dist.backend(),
+                sftok_model::device::describe(device),
+                r.seconds * 1e3,
+                r.algbw_gb_s,
+                r.busbw_gb_s
+            );
+        }
+    }
+    dist.barrier("the end of the benchmark")
 }

@@ -352,6 +352,9 @@ pub struct DatasetParams {
     pub num_workers_per_gpu: u64,
     pub dataset_type: String,
     pub pretokenization: String,
+    /// Samples in the training stream's shuffle buffer (the reference's webdataset shuffle: 5000);
+    /// 0 reads every rank's shards in order.
+    pub shuffle_buffer_size: u64,
 }
 
 impl Default for DatasetParams {
@@ -363,6 +366,7 @@ impl Default for DatasetParams {
             num_workers_per_gpu: 12,
             dataset_type: "simple_image_dataset".into(),
             pretokenization: String::new(),
+            shuffle_buffer_size: 5000,
         }
     }
 }

@@ -6,6 +6,12 @@
 //! Randomness: libtorch's generator is reseeded from (seed, micro-step) before every step, so a
 //! resumed run draws exactly the numbers an uninterrupted one would.
 //!
+//! Data parallelism (`opts.dist`): parameters and buffers start as rank 0's; gradients are averaged
+//! over the ranks once per optimiser step; every micro-step the ranks agree on the loss (logged
+//! and checked for NaN as the mean), on stopping and on the end of the data; logged scalars are
+//! rank means; rank 0 alone writes (logs, previews, evaluation, checkpoints with every rank's
+//! loader position), behind a barrier. Rank r draws from seed + r (the reference's per-process seed).
+//!
 //! Precision: see [`Precision`]. Master weights and the optimiser stay float32; with fp16 the loss
 //! is scaled dynamically (halved and the update skipped on overflow, doubled every 2000 good steps).
 
@@ -17,6 +23,7 @@ use sftok_pipeline::progress::format_eta;
 use super::state::{self, TrainerState};
 use super::task::{Metrics, Precision, Preview, StepContext, Task};
 use crate::config::Config;
+use crate::dist::Dist;
 use anyhow::{Context, Result, bail};
 use sftok_pipeline::batch::BatchStream;
 use std::collections::BTreeMap;
@@ -46,6 +53,8 @@ pub struct FitOptions {
     pub max_nonfinite_in_a_row: u64,
     /// Set by Ctrl-C: save a checkpoint and return.
     pub stop: Arc<AtomicBool>,
+    /// The data-parallel job this process is a rank of (None: one process).
+    pub dist: Option<Arc<Dist>>,
 }
 
 #[derive(Debug)]
@@ -57,6 +66,8 @@ pub struct FitSummary {
     /// `training.use_ema` is false).
     pub weights_dir: PathBuf,
     pub interrupted: bool,
+    /// This process's data-parallel rank (0 for one process): only rank 0 wrote anything.
+    pub rank: usize,
 }
 
 /// What one optimiser step reports.
@@ -84,18 +95,40 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
     }
     let precision = Precision::resolve(t.mixed_precision, opts.device)?;
     let schedule = LrSchedule::from_config(cfg)?;
-    std::fs::create_dir_all(&out).with_context(|| format!("creating experiment.output_dir {}", out.display()))?;
-    sftok_pipeline::fsutil::write_atomic(&out.join("config.yaml"), cfg.to_yaml().as_bytes())?;
+    let dist = opts.dist.clone();
+    let (rank, world_size) = dist.as_ref().map_or((0, 1), |d| (d.rank, d.world_size));
+    let main = rank == 0;
+    if main {
+        std::fs::create_dir_all(&out).with_context(|| format!("creating experiment.output_dir {}", out.display()))?;
+        sftok_pipeline::fsutil::write_atomic(&out.join("config.yaml"), cfg.to_yaml().as_bytes())?;
+    }
 
     // Model state: fresh or resumed. The EMA starts from the weights after initialisation.
     let resume = opts.resume.clone().unwrap_or_else(|| if x.resume { "auto".into() } else { "never".into() });
     let resume_from = state::resolve_resume(&out, &resume)?;
     let resumed_state = resume_from.as_deref().map(state::read_state).transpose()?;
-    let mut log = RunLog::open(&out, resumed_state.as_ref().map(|s| s.global_step))?;
+    if let (Some(ckpt), Some(saved)) = (&resume_from, &resumed_state)
+        && saved.world_size != world_size
+    {
+        bail!(
+            "{} was written by a {}-process run and this run has {world_size}: the data order of a resume depends on it. \
+             Resume with {} processes (torchrun --nproc_per_node {}), or start afresh in another experiment.output_dir",
+            ckpt.display(),
+            saved.world_size,
+            saved.world_size,
+            saved.world_size
+        );
+    }
+    let mut log = if main { RunLog::open(&out, resumed_state.as_ref().map(|s| s.global_step))? } else { RunLog::silent(&out) };
     if resume_from.is_none() {
         task.init_fresh(&mut |line| log.line(line))?;
     }
     let vars: BTreeMap<String, Tensor> = task.var_store().variables().into_iter().collect();
+    if let Some(d) = &dist {
+        // Every rank starts from rank 0's weights (a resume reads the same files everywhere anyway).
+        d.broadcast_named(&vars)?;
+        d.broadcast_named(&task.extra_vars())?;
+    }
     let groups = task.param_groups();
     // Sorted by name: the clipping norm sums in a fixed order.
     let trainable: Vec<Tensor> =
@@ -111,6 +144,8 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
         loss_scale: if precision == Precision::Fp16Autocast { INITIAL_LOSS_SCALE } else { 1.0 },
         loss_scale_good_steps: 0,
         loader: serde_json::Value::Null,
+        world_size,
+        rank_loaders: Vec::new(),
         seed: t.seed,
         stage: task.name().into(),
     };
@@ -120,7 +155,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
     }
     let n_values = |decay: bool| groups.iter().filter(|g| (g.weight_decay > 0.0) == decay).flat_map(|g| g.params.values()).map(|p| p.numel()).sum::<usize>();
     log.line(&format!(
-        "{}: {} trainable values ({} with weight decay, {} without), device {}, {}{}",
+        "{}: {} trainable values ({} with weight decay, {} without), device {}, {}{}{}",
         task.name(),
         n_values(true) + n_values(false),
         n_values(true),
@@ -128,9 +163,11 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
         crate::device::describe(opts.device),
         precision.describe(),
         if ema.is_some() { "" } else { ", no EMA (training.use_ema = False)" },
+        dist.as_ref().map_or(String::new(), |d| format!(", {} data-parallel ranks over {} (timeout {} s)", d.world_size, d.backend(), d.timeout().as_secs())),
     ));
 
-    let mut stream = data((!st.loader.is_null()).then(|| st.loader.clone()))?;
+    let my_loader = if world_size > 1 { st.rank_loaders.get(rank).cloned().unwrap_or_default() } else { st.loader.clone() };
+    let mut stream = data((!my_loader.is_null()).then_some(my_loader))?;
     let accum = t.gradient_accumulation_steps.max(1);
     let (started, start_step) = (Instant::now(), st.global_step);
     let mut window = (Instant::now(), 0u64); // images since the last optimiser step
@@ -140,23 +177,36 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
     let mut interrupted = false;
 
     while st.global_step < t.max_train_steps {
-        if opts.stop.load(Ordering::SeqCst) {
+        let batch = stream.next_batch()?;
+        // Every rank stops (Ctrl-C) or runs out of data together.
+        let mut flags = [opts.stop.load(Ordering::SeqCst) as u8 as f64, batch.is_none() as u8 as f64];
+        if let Some(d) = &dist {
+            d.mark_micro_step(st.micro_step + 1);
+            d.sum_all(&mut flags, &format!("agreeing on micro-step {}", st.micro_step + 1))?;
+        }
+        if flags[0] > 0.0 {
             interrupted = true;
             break;
         }
-        let Some(batch) = stream.next_batch()? else {
+        let Some(batch) = batch.filter(|_| flags[1] == 0.0) else {
             log.line("the data stream ended before training.max_train_steps");
             break;
         };
 
         // 1. One micro-batch through the task.
-        tch::manual_seed(micro_step_seed(st.seed, st.micro_step));
-        let ctx = StepContext { device: opts.device, precision, global_step: st.global_step, micro_step: st.micro_step };
+        tch::manual_seed(micro_step_seed(st.seed + rank as u64, st.micro_step));
+        let ctx = StepContext { device: opts.device, precision, global_step: st.global_step, micro_step: st.micro_step, dist: dist.clone() };
         let step_out = task.step(&batch, &ctx)?;
         window.1 += batch.len() as u64;
         stream.recycle(batch);
         st.micro_step += 1;
-        let loss_value = step_out.loss.to_kind(Kind::Double).double_value(&[]);
+        let mut loss_value = step_out.loss.to_kind(Kind::Double).double_value(&[]);
+        if let Some(d) = &dist {
+            // The mean over ranks: NaN anywhere skips the step everywhere.
+            let mut v = [loss_value];
+            d.sum_all(&mut v, &format!("the loss of micro-step {}", st.micro_step))?;
+            loss_value = v[0] / world_size as f64;
+        }
         if !loss_value.is_finite() {
             st.skipped_nonfinite += 1;
             nonfinite_in_a_row += 1;
@@ -178,7 +228,11 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
         (step_out.loss * (st.loss_scale / accum as f64)).backward();
         let sync = st.micro_step.is_multiple_of(accum);
 
-        // 3. On the window's last micro-batch: the optimiser step (None when fp16 overflowed).
+        // 3. On the window's last micro-batch: gradients averaged over the ranks, then the
+        //    optimiser step (None when fp16 overflowed: the norm is the same on every rank).
+        if sync && let Some(d) = &dist {
+            d.average_gradients(&trainable, st.global_step + 1)?;
+        }
         let update = if sync { optimizer_step(&mut st, &mut opt, &trainable, &groups, &schedule, cfg, precision, &log) } else { None };
         if update.is_some() {
             if let Some(ema) = &mut ema {
@@ -203,6 +257,9 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
             values.extend(norms.groups);
             log.tensorboard_only(step, &norms.parameters)?;
         }
+        if let Some(d) = &dist {
+            d.average_metrics(&mut values, &format!("averaging the metrics of step {step}"))?;
+        }
         log.scalars(step, &values)?;
         last_loss = loss_value;
         if step.is_multiple_of(x.log_every.max(1)) || step == t.max_train_steps || step == start_step + 1 {
@@ -218,8 +275,8 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
             ));
             log.flush()?;
         }
-        // Previews and evaluation see the EMA weights, as in the reference.
-        if x.generate_every > 0 && step.is_multiple_of(x.generate_every) {
+        // Previews and evaluation see the EMA weights, as in the reference (rank 0 only).
+        if main && x.generate_every > 0 && step.is_multiple_of(x.generate_every) {
             match with_eval_weights(ema.as_ref(), &vars, || task.preview(t.num_generated_images as usize))? {
                 Preview::Image(grid) => {
                     let png = sftok_pipeline::transform::encode_png(&grid)?;
@@ -235,7 +292,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
                 Preview::Unavailable(_) => {}
             }
         }
-        if x.eval_every > 0 && step.is_multiple_of(x.eval_every) {
+        if main && x.eval_every > 0 && step.is_multiple_of(x.eval_every) {
             let t0 = Instant::now();
             let metrics = with_eval_weights(ema.as_ref(), &vars, || task.evaluate())?;
             log.scalars(step, &metrics)?;
@@ -244,37 +301,31 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
             log.line(&format!("step {step}: evaluation ({:.1} s) | {}", t0.elapsed().as_secs_f64(), shown.join(" | ")));
         }
         if step.is_multiple_of(x.save_every.max(1)) || step == t.max_train_steps {
-            st.loader = stream.state();
-            save_checkpoint(&out, task, &vars, ema.as_ref(), &opt, &st, x.keep_last_checkpoints, &log)?;
-            pause_after_checkpoint_for_tests(step);
+            checkpoint(&out, task, &vars, ema.as_ref(), &opt, &mut st, stream.as_ref(), dist.as_deref(), x.keep_last_checkpoints, &log)?;
+            pause_after_checkpoint_for_tests(step, rank);
         }
         window = (Instant::now(), 0);
     }
 
     if interrupted && st.global_step > 0 {
-        st.loader = stream.state();
-        save_checkpoint(&out, task, &vars, ema.as_ref(), &opt, &st, x.keep_last_checkpoints, &log)?;
+        checkpoint(&out, task, &vars, ema.as_ref(), &opt, &mut st, stream.as_ref(), dist.as_deref(), x.keep_last_checkpoints, &log)?;
         log.line(&format!("interrupted: checkpoint saved at step {}; continue with --resume auto", st.global_step));
     }
     log.flush()?;
-    let weights_dir = match &ema {
-        Some(ema) => {
-            let dir = out.join("ema_model");
-            task.save_weights(ema.named(), &dir)?;
-            dir
-        }
-        None => {
-            let dir = out.join("model");
-            task.save_weights(named(&vars), &dir)?;
-            dir
-        }
-    };
+    let weights_dir = out.join(if ema.is_some() { "ema_model" } else { "model" });
+    if !main {
+        return Ok(FitSummary { global_step: st.global_step, last_loss, output_dir: out, weights_dir, interrupted, rank });
+    }
+    match &ema {
+        Some(ema) => task.save_weights(ema.named(), &weights_dir)?,
+        None => task.save_weights(named(&vars), &weights_dir)?,
+    }
     let mut panels = task.metric_panels();
     panels.extend(loop_panels());
     if let Err(e) = super::plot::plot_metrics(&log.jsonl_path(), &panels, &out.join("loss.png")) {
         log.line(&format!("loss plot not written: {e:#}"));
     }
-    Ok(FitSummary { global_step: st.global_step, last_loss, output_dir: out, weights_dir, interrupted })
+    Ok(FitSummary { global_step: st.global_step, last_loss, output_dir: out, weights_dir, interrupted, rank })
 }
 
 /// Unscale, clip, the fp16 overflow rule, AdamW with the scheduled learning rate.
@@ -362,6 +413,32 @@ fn named(vars: &BTreeMap<String, Tensor>) -> Vec<(String, Tensor)> {
     vars.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
 }
 
+/// Every rank's loader position into `st`, then rank 0 writes the checkpoint; no rank goes on
+/// before it is complete.
+#[allow(clippy::too_many_arguments)]
+fn checkpoint(
+    out: &Path,
+    task: &impl Task,
+    vars: &BTreeMap<String, Tensor>,
+    ema: Option<&Ema>,
+    opt: &AdamW,
+    st: &mut TrainerState,
+    stream: &dyn BatchStream,
+    dist: Option<&Dist>,
+    keep_last: u64,
+    log: &RunLog,
+) -> Result<()> {
+    st.loader = stream.state();
+    let Some(d) = dist else { return save_checkpoint(out, task, vars, ema, opt, st, keep_last, log) };
+    let step = st.global_step;
+    let mine = serde_json::to_vec(&st.loader)?;
+    if let Some(all) = d.gather_on_main(&format!("loader/{step}"), &mine)? {
+        st.rank_loaders = all.iter().map(|b| serde_json::from_slice(b)).collect::<Result<_, _>>()?;
+        save_checkpoint(out, task, vars, ema, opt, st, keep_last, log)?;
+    }
+    d.barrier(&format!("waiting for rank 0's checkpoint of step {step}"))
+}
+
 /// `checkpoint-{step}/`: model, EMA, optimiser moments, the task's extra state, counters + loader.
 #[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
@@ -412,11 +489,14 @@ fn restore(ckpt: &Path, st: TrainerState, task: &mut impl Task, ema: Option<&mut
 }
 
 /// Test hook: wait after the checkpoint of step `SFTOK_TEST_PAUSE_AFTER_CHECKPOINT` so a test can
-/// kill -9 the run right there.
-fn pause_after_checkpoint_for_tests(step: u64) {
-    if let Ok(p) = std::env::var("SFTOK_TEST_PAUSE_AFTER_CHECKPOINT")
-        && p.parse::<u64>().ok() == Some(step)
-    {
+/// kill -9 the run right there (`STEP` on every rank, `STEP@RANK` on one: a hung rank).
+fn pause_after_checkpoint_for_tests(step: u64, rank: usize) {
+    let Ok(p) = std::env::var("SFTOK_TEST_PAUSE_AFTER_CHECKPOINT") else { return };
+    let (at, who) = match p.split_once('@') {
+        Some((s, r)) => (s.parse::<u64>().ok(), r.parse::<usize>().ok()),
+        None => (p.parse::<u64>().ok(), Some(rank)),
+    };
+    if at == Some(step) && who == Some(rank) {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(1));
         }

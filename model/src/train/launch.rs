@@ -8,6 +8,8 @@ use super::stage2::{Stage2, Stage2Task};
 use super::stage3::{self, Stage3Options, Stage3Task};
 use super::token_task::{EvalSetup, TokenStage, TokenTaskOptions};
 use crate::config::Config;
+use crate::dist::Dist;
+use sftok_pipeline::launch_env::ProcessEnv;
 use crate::stage3_loss::{DiscriminatorType, FrozenNets};
 use anyhow::{Context, Result, bail};
 use sftok_pipeline::batch::BatchStream;
@@ -65,6 +67,8 @@ pub struct TrainArgs {
     pub workers: Option<usize>,
     pub rank: Option<usize>,
     pub world_size: Option<usize>,
+    /// How long a collective may wait for the other ranks before failing.
+    pub dist_timeout: std::time::Duration,
     /// Stage 3's frozen loss networks.
     pub loss_weights: LossWeights,
     /// The generator's frozen SFTok tokenizer (default: experiment.tokenizer_checkpoint) and its
@@ -106,7 +110,8 @@ impl LossWeights {
     }
 }
 
-/// The training stream of the config: shards (+ proxy codes), train transform, seeded order.
+/// The training stream of the config: shards (+ proxy codes), train transform, seeded order;
+/// this rank's share of the shards.
 fn loader_config(cfg: &Config, args: &TrainArgs, codes: Option<PathBuf>) -> Result<LoaderConfig> {
     let d = &cfg.dataset;
     let (rank, world_size) = sftok_pipeline::loader::sources::rank_and_world(args.rank, args.world_size)?;
@@ -118,6 +123,7 @@ fn loader_config(cfg: &Config, args: &TrainArgs, codes: Option<PathBuf>) -> Resu
     lc.random_crop = d.preprocessing.random_crop;
     lc.random_flip = d.preprocessing.random_flip;
     lc.seed = cfg.training.seed;
+    lc.shuffle_buffer = d.params.shuffle_buffer_size as usize;
     lc.rank = rank;
     lc.world_size = world_size;
     lc.workers = args.workers.unwrap_or((d.params.num_workers_per_gpu as usize).clamp(1, cores));
@@ -128,15 +134,17 @@ fn loader_config(cfg: &Config, args: &TrainArgs, codes: Option<PathBuf>) -> Resu
 pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
     let cfg = Config::load(&args.config, &args.overrides)?;
     job.check_config(&cfg).with_context(|| format!("config {}", args.config.display()))?;
-    let device = crate::device::parse_device(&args.device)?;
+    let env = ProcessEnv::from_env()?.with_overrides(args.rank, args.world_size)?;
+    let device = crate::device::parse_device_for_local_rank(&args.device, env.local_rank)?;
+    let dist = Dist::from_env(&env, device, args.dist_timeout)?;
     if cfg.training.enable_tf32 {
         // Read by libtorch when CUDA starts: TF32 cuBLAS matmuls (cuDNN convolutions allow TF32 by
         // default). Set before any CUDA work, while the process is single-threaded.
         unsafe { std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1") };
     }
     match job {
-        TrainJob::Stage3 => return run_stage3(cfg, device, args),
-        TrainJob::Generator => return run_generator(cfg, device, args),
+        TrainJob::Stage3 => return run_stage3(cfg, device, dist, args),
+        TrainJob::Generator => return run_generator(cfg, device, dist, args),
         _ => {}
     }
     let with_codes = !cfg.dataset.params.train_proxy_codes_path.is_empty();
@@ -167,14 +175,14 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
         }
     }
     let data = data_factory(loader_config(&cfg, &args, codes)?);
-    let fit_opts = fit_options(&cfg, device, &args);
+    let fit_opts = fit_options(&cfg, device, dist, &args);
     let task_opts = TokenTaskOptions { config: cfg, device, init: args.init.clone(), teacher, eval };
     run_job(job, task_opts, fit_opts, data)
 }
 
 /// Stage 3: no proxy codes; the teacher (of `model.pixel_decoder`'s sizes) only initialises the
 /// pixel modules; the loss networks come from [`LossWeights`].
-fn run_stage3(cfg: Config, device: tch::Device, args: TrainArgs) -> Result<FitSummary> {
+fn run_stage3(cfg: Config, device: tch::Device, dist: Option<Arc<Dist>>, args: TrainArgs) -> Result<FitSummary> {
     let teacher = match &args.teacher {
         Some(spec) => {
             if spec.starts_with("random:") {
@@ -188,14 +196,14 @@ fn run_stage3(cfg: Config, device: tch::Device, args: TrainArgs) -> Result<FitSu
     let frozen = args.loss_weights.load(&cfg.losses, device)?;
     let eval = eval_setup(&cfg, &args, device)?;
     let data = data_factory(loader_config(&cfg, &args, None)?);
-    let fit_opts = fit_options(&cfg, device, &args);
+    let fit_opts = fit_options(&cfg, device, dist, &args);
     let task = Stage3Options { config: cfg, device, init: args.init.clone(), teacher, frozen, eval };
     fit(&mut Stage3Task::new(task)?, fit_opts, data)
 }
 
 /// The generator: stored tokens (`dataset.params.pretokenization`) joined to the shards, or the
 /// tokenizer on the fly; the tokenizer also decodes the sample previews.
-fn run_generator(cfg: Config, device: tch::Device, args: TrainArgs) -> Result<FitSummary> {
+fn run_generator(cfg: Config, device: tch::Device, dist: Option<Arc<Dist>>, args: TrainArgs) -> Result<FitSummary> {
     let stored = PathBuf::from(&cfg.dataset.params.pretokenization);
     let with_tokens = !cfg.dataset.params.pretokenization.is_empty();
     let checkpoint = args.tokenizer.clone().or_else(|| (!cfg.experiment.tokenizer_checkpoint.is_empty()).then(|| PathBuf::from(&cfg.experiment.tokenizer_checkpoint)));
@@ -220,14 +228,14 @@ fn run_generator(cfg: Config, device: tch::Device, args: TrainArgs) -> Result<Fi
     // Stored tokens and labels are all a step needs: no JPEG decoding.
     lc.decode_pixels = !with_tokens;
     let data = data_factory(lc);
-    let fit_opts = fit_options(&cfg, device, &args);
+    let fit_opts = fit_options(&cfg, device, dist, &args);
     let task = GeneratorOptions { config: cfg, device, tokenizer, init: args.init.clone() };
     fit(&mut GeneratorTask::new(task)?, fit_opts, data)
 }
 
 /// The loop's options from the config and the command line (20 non-finite losses in a row stop a run).
-fn fit_options(cfg: &Config, device: tch::Device, args: &TrainArgs) -> FitOptions {
-    FitOptions { config: cfg.clone(), device, resume: args.resume.clone(), max_nonfinite_in_a_row: 20, stop: args.stop.clone() }
+fn fit_options(cfg: &Config, device: tch::Device, dist: Option<Arc<Dist>>, args: &TrainArgs) -> FitOptions {
+    FitOptions { config: cfg.clone(), device, resume: args.resume.clone(), max_nonfinite_in_a_row: 20, stop: args.stop.clone(), dist }
 }
 
 /// `experiment.eval_every`'s set-up: the val shards and, with `--fid-weights`, the Inception.

@@ -1,5 +1,6 @@
 //! Where a run's numbers go: the console and `log.txt` (lines), TensorBoard (`logs/`) and
-//! `metrics.jsonl` (one row per logged step: `step` plus every scalar).
+//! `metrics.jsonl` (one row per logged step: `step` plus every scalar). In a data-parallel job only
+//! rank 0 logs; the other ranks hold a [`RunLog::silent`] one and write nothing.
 
 use super::task::Metrics;
 use super::tensorboard::EventWriter;
@@ -10,6 +11,11 @@ use std::path::{Path, PathBuf};
 
 pub struct RunLog {
     dir: PathBuf,
+    /// None on a silent log.
+    sinks: Option<Sinks>,
+}
+
+struct Sinks {
     tb: EventWriter,
     jsonl: File,
 }
@@ -34,7 +40,12 @@ impl RunLog {
             .append(true)
             .open(&jsonl_path)
             .with_context(|| format!("opening {}", jsonl_path.display()))?;
-        Ok(RunLog { dir: dir.to_path_buf(), tb: EventWriter::create(&dir.join("logs"))?, jsonl })
+        Ok(RunLog { dir: dir.to_path_buf(), sinks: Some(Sinks { tb: EventWriter::create(&dir.join("logs"))?, jsonl }) })
+    }
+
+    /// A log that prints and writes nothing (data-parallel ranks other than 0).
+    pub fn silent(dir: &Path) -> RunLog {
+        RunLog { dir: dir.to_path_buf(), sinks: None }
     }
 
     pub fn jsonl_path(&self) -> PathBuf {
@@ -43,6 +54,9 @@ impl RunLog {
 
     /// A line on stderr and in `log.txt`.
     pub fn line(&self, line: &str) {
+        if self.sinks.is_none() {
+            return;
+        }
         eprintln!("{line}");
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("log.txt")) {
             let _ = writeln!(f, "{line}");
@@ -52,30 +66,36 @@ impl RunLog {
     /// Scalars of `step` to TensorBoard and one `metrics.jsonl` row.
     pub fn scalars(&mut self, step: u64, values: &Metrics) -> Result<()> {
         self.tensorboard_only(step, values)?;
+        let Some(sinks) = &mut self.sinks else { return Ok(()) };
         let mut row = serde_json::Map::new();
         row.insert("step".into(), step.into());
         for (k, v) in values {
             row.insert(k.clone(), serde_json::json!(v));
         }
-        writeln!(self.jsonl, "{}", serde_json::Value::Object(row)).context("writing metrics.jsonl")?;
+        writeln!(sinks.jsonl, "{}", serde_json::Value::Object(row)).context("writing metrics.jsonl")?;
         Ok(())
     }
 
     /// Scalars too many for the JSONL rows and the plot (per-parameter gradient norms).
     pub fn tensorboard_only(&mut self, step: u64, values: &Metrics) -> Result<()> {
+        let Some(sinks) = &mut self.sinks else { return Ok(()) };
         for (k, v) in values {
-            self.tb.scalar(k, step as i64, *v as f32)?;
+            sinks.tb.scalar(k, step as i64, *v as f32)?;
         }
         Ok(())
     }
 
     pub fn image(&mut self, tag: &str, step: u64, png: &[u8], width: u32, height: u32) -> Result<()> {
-        self.tb.image(tag, step as i64, png, width, height)
+        match &mut self.sinks {
+            Some(sinks) => sinks.tb.image(tag, step as i64, png, width, height),
+            None => Ok(()),
+        }
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.tb.flush()?;
-        self.jsonl.flush().context("flushing metrics.jsonl")
+        let Some(sinks) = &mut self.sinks else { return Ok(()) };
+        sinks.tb.flush()?;
+        sinks.jsonl.flush().context("flushing metrics.jsonl")
     }
 }
 

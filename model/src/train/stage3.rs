@@ -251,7 +251,7 @@ impl Task for Stage3Task {
 
     /// The discriminator: loss and backward on every micro-batch from `discriminator_start`, its
     /// own clipping and AdamW step on the window's last one.
-    fn after_micro_step(&mut self, _ctx: &StepContext, sync: bool) -> Result<Metrics> {
+    fn after_micro_step(&mut self, ctx: &StepContext, sync: bool) -> Result<Metrics> {
         let Some(p) = self.pending.take() else { return Ok(Metrics::new()) };
         if !self.loss.trains_discriminator(p.global_step) {
             return Ok(Metrics::new());
@@ -260,6 +260,7 @@ impl Task for Stage3Task {
         (d_loss / self.accumulation()).backward();
         if sync {
             let params: Vec<Tensor> = self.loss.trainable().values().map(|t| t.shallow_clone()).collect();
+            ctx.average_gradients(&params)?;
             let norm = clip_grad_norm(&params, self.cfg.training.max_grad_norm);
             if norm.is_finite() {
                 let lr = self.d_schedule.lr(self.d_steps);
@@ -269,8 +270,19 @@ impl Task for Stage3Task {
             }
             metrics.insert("grad_norm/discriminator".into(), norm);
             self.d_opt.zero_grad();
+            // The LeCam EMAs follow each rank's own logits: rank 0's win, as DDP's
+            // broadcast_buffers does for the reference's loss module.
+            if let Some(d) = &ctx.dist {
+                let trainable = self.loss.trainable();
+                let buffers = self.loss_vs.variables().into_iter().filter(|(n, _)| !trainable.contains_key(n)).collect();
+                d.broadcast_named(&buffers)?;
+            }
         }
         Ok(metrics)
+    }
+
+    fn extra_vars(&self) -> BTreeMap<String, Tensor> {
+        self.loss_vs.variables().into_iter().collect()
     }
 
     fn save_extra(&self, dir: &Path) -> Result<()> {

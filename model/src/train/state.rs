@@ -26,10 +26,20 @@ pub struct TrainerState {
     /// Dynamic fp16 loss scale (1 when not used).
     pub loss_scale: f64,
     pub loss_scale_good_steps: u64,
-    /// The loader's position after the last consumed batch.
+    /// The loader's position after the last consumed batch (rank 0's in a data-parallel job).
     pub loader: serde_json::Value,
+    /// Processes of the run that wrote the checkpoint; a resume needs as many.
+    #[serde(default = "one")]
+    pub world_size: usize,
+    /// Every rank's loader position, by rank (data-parallel runs only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_loaders: Vec<serde_json::Value>,
     pub seed: u64,
     pub stage: String,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn checkpoint_dir(output_dir: &Path, step: u64) -> PathBuf {

@@ -7,11 +7,13 @@
 use super::plot::Panel;
 use crate::autocast::AutocastDtype;
 use crate::config::MixedPrecision;
+use crate::dist::Dist;
 use anyhow::Result;
 use sftok_pipeline::batch::Batch;
 use sftok_pipeline::transform::RgbImage;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use tch::{Device, Tensor, nn};
 
 pub use super::optim::ParamGroup;
@@ -72,6 +74,8 @@ pub struct StepContext {
     pub global_step: u64,
     /// Micro-batches consumed before this one.
     pub micro_step: u64,
+    /// The data-parallel job (None: one process).
+    pub dist: Option<Arc<Dist>>,
 }
 
 impl StepContext {
@@ -82,6 +86,15 @@ impl StepContext {
             Precision::Fp16Autocast => crate::autocast::autocast(self.device, AutocastDtype::Float16, f),
             Precision::Bf16Autocast => crate::autocast::autocast(self.device, AutocastDtype::BFloat16, f),
             Precision::Float32 => f(),
+        }
+    }
+
+    /// Averages the gradients of `params` over the data-parallel ranks (nothing for one process):
+    /// a task's own optimiser (stage 3's discriminator) calls it before clipping.
+    pub fn average_gradients(&self, params: &[Tensor]) -> Result<()> {
+        match &self.dist {
+            Some(d) => d.average_gradients(params, self.global_step),
+            None => Ok(()),
         }
     }
 }
@@ -109,6 +122,12 @@ pub trait Task {
     /// window (`sync`), after the main optimiser step: stage 3's discriminator update.
     fn after_micro_step(&mut self, _ctx: &StepContext, _sync: bool) -> Result<Metrics> {
         Ok(Metrics::new())
+    }
+
+    /// Variables outside [`Task::var_store`] that every data-parallel rank must hold alike (stage
+    /// 3's discriminator): broadcast from rank 0 at the start, like the model's.
+    fn extra_vars(&self) -> BTreeMap<String, Tensor> {
+        BTreeMap::new()
     }
 
     /// Extra checkpoint state (a second optimiser, buffers) written into the checkpoint directory.

@@ -364,6 +364,18 @@ impl Assembler {
                         if let Ok(mut r) = self.reports.lock() {
                             r.push(report);
                         }
+                        if batches == 0 && !keep {
+                            // Every later epoch would end the same way: fail instead of reading forever.
+                            let _ = self.out.send(Err(anyhow::anyhow!(
+                                "rank {} of {}: an epoch of its shards holds {} usable sample(s), fewer than one batch of {} (the last \
+                                 partial batch is dropped in training): lower training.per_gpu_batch_size, or use more shards or fewer processes",
+                                self.cfg.rank,
+                                self.cfg.world_size,
+                                samples.saturating_sub(skipped),
+                                self.cfg.batch_size
+                            )));
+                            return;
+                        }
                         let next_epoch = self.state.at_epoch(epoch + 1);
                         if keep && !self.send(partial, next_epoch.clone()) {
                             return;

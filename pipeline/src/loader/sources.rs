@@ -113,20 +113,11 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// (rank, world size) from explicit flags, else torchrun's `RANK` / `WORLD_SIZE`, else (0, 1).
+/// (rank, world size) from explicit flags, else the launcher's environment (torchrun's `RANK` /
+/// `WORLD_SIZE`, Slurm's `SLURM_PROCID` / `SLURM_NTASKS`), else (0, 1).
 pub fn rank_and_world(rank: Option<usize>, world_size: Option<usize>) -> Result<(usize, usize)> {
-    let env = |name: &str| -> Result<Option<usize>> {
-        match std::env::var(name) {
-            Ok(v) => v.trim().parse().map(Some).with_context(|| format!("environment variable {name}={v} is not a number")),
-            Err(_) => Ok(None),
-        }
-    };
-    let rank = match rank { Some(r) => r, None => env("RANK")?.unwrap_or(0) };
-    let world = match world_size { Some(w) => w, None => env("WORLD_SIZE")?.unwrap_or(1) };
-    if world == 0 || rank >= world {
-        bail!("rank {rank} is not below world size {world}");
-    }
-    Ok((rank, world))
+    let p = crate::launch_env::ProcessEnv::from_env()?.with_overrides(rank, world_size)?;
+    Ok((p.rank, p.world_size))
 }
 
 #[cfg(test)]
