@@ -253,6 +253,16 @@ fn under_slurm_only_rank_0_writes_and_a_lost_rank_is_named() {
     // Well within the default 30-minute timeout: a closed connection is noticed at once.
     assert!(t.elapsed() < Duration::from_secs(120), "rank 0 took {:?}", t.elapsed());
     assert_eq!(files_under(&cwd1), Vec::<PathBuf>::new(), "rank 1 wrote files");
+
+    // Ranks that see different checkpoints (an output_dir that is not shared) are refused.
+    assert!(marker.is_file());
+    let port = free_port();
+    let r0 = slurm_rank(dir, &cwd0, 0, port, &[], &["--resume", "auto"]);
+    let r1 = slurm_rank(dir, &cwd1, 1, port, &[], &["--resume", "auto"]);
+    let ((ok0, t0), (ok1, t1)) = (stderr_of(r0), stderr_of(r1));
+    assert!(!ok0 && !ok1, "rank 0:\n{t0}\nrank 1:\n{t1}");
+    assert!(t0.contains("disagree about the checkpoint") && t0.contains("checkpoint-2") && t0.contains("shared file system"), "{t0}");
+    assert!(t1.contains("disagree about the checkpoint") && t1.contains("this rank: none"), "{t1}");
 }
 
 /// Waits for `path`, then SIGKILLs `child` (its output is dropped).

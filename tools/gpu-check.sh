@@ -2,6 +2,7 @@
 # One prepared script for a lent GPU machine: set-up, build, CUDA checks, a short table.
 # On a machine without CUDA it says so and exits 0.
 #   tools/gpu-check.sh            # doctor + teacher throughput + SFTok-B recon + training step rate + generator train/sample
+#                                 # + NCCL all-reduce (1 process; all GPUs when there are more) + a 2-GPU stage-1 run
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -10,7 +11,8 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
   exit 0
 fi
 bash tools/setup.sh || exit 1
-cargo build --workspace --bins 2>&1 | tail -3 || exit 1
+# The NCCL process group (model/csrc/sftok_c10d_nccl.cpp) needs the CUDA headers beside the wheel's torch/.
+cargo build --bins --features nccl 2>&1 | tail -3 || exit 1
 bin="$root/target/debug"
 work="${GPU_CHECK_WORK:-/tmp/sftok-gpu-check}"
 rm -rf "$work" && mkdir -p "$work"
@@ -80,6 +82,29 @@ if timed "$bin/sftok-train" generator --config configs/sftok_maskgit.yaml --devi
   fi
 else
   add "generator train (GPU)" "FAIL" "$(tail -2 "$work/last.log" | paste -sd ';')"
+fi
+# Data parallelism over NCCL: the trainer's bucketed gradient all-reduce for SFTok-B stage 1's
+# 175,104,832 values, one process, then every GPU under torchrun, then 2 GPUs training stage 1.
+gpus=$(nvidia-smi -L | wc -l)
+if timed "$bin/sftok-train" allreduce-bench --device cuda:0 --numel 175104832 --iters 5; then
+  add "NCCL all-reduce, 1 process" "ok" "$(grep -o 'algbw.*' "$work/last.log")"
+else
+  add "NCCL all-reduce, 1 process" "FAIL" "$(tail -2 "$work/last.log" | paste -sd ';')"
+fi
+if [ "$gpus" -gt 1 ]; then
+  if timed .venv/bin/torchrun --standalone --nproc_per_node "$gpus" --no-python "$bin/sftok-train" allreduce-bench --device cuda --numel 175104832 --iters 5; then
+    add "NCCL all-reduce, $gpus GPUs" "ok" "$(grep -o 'algbw.*' "$work/last.log")"
+  else
+    add "NCCL all-reduce, $gpus GPUs" "FAIL" "$(tail -2 "$work/last.log" | paste -sd ';')"
+  fi
+  if timed .venv/bin/torchrun --standalone --nproc_per_node 2 --no-python "$bin/sftok-train" stage1 --config configs/sftok_b64_stage1.yaml \
+       --device cuda --teacher random:0 --resume never experiment.output_dir="$work/train_b_ddp" \
+       dataset.params.train_shards_path_or_url="$work/shards/train" dataset.params.train_proxy_codes_path= \
+       training.per_gpu_batch_size=32 training.max_train_steps=30 experiment.log_every=10; then
+    add "SFTok-B stage-1 train, 2 GPUs × 32" "ok" "$(grep '^step 30/' "$work/last.log" | grep -o '[0-9.]* img/s') per GPU"
+  else
+    add "SFTok-B stage-1 train, 2 GPUs" "FAIL" "$(tail -2 "$work/last.log" | paste -sd ';')"
+  fi
 fi
 add "GPU memory after runs" "info" "$(nvidia-smi --query-gpu=memory.used --format=csv,noheader | head -1)"
 

@@ -50,11 +50,14 @@ fn gradients_are_averaged_in_buckets_and_parameters_come_from_rank_0() {
         let sum = sums[0];
         let mut metrics = BTreeMap::from([("loss".to_string(), 2.0 * r), ("acc".to_string(), r)]);
         d.average_metrics(&mut metrics, "test metrics").unwrap();
+        let equal = d.all_equal(3.0, "test equal").unwrap();
+        let unequal = d.all_equal(r, "test unequal").unwrap();
         let gathered = d.gather_on_main("loader/5", format!("state of {}", d.rank).as_bytes()).unwrap();
         d.barrier("test barrier").unwrap();
-        (d.rank, grads, weight, index, sum, metrics, gathered)
+        (d.rank, grads, weight, index, sum, metrics, gathered, (equal, unequal))
     });
-    for (rank, grads, weight, index, sum, metrics, gathered) in out {
+    for (rank, grads, weight, index, sum, metrics, gathered, equal) in out {
+        assert_eq!(equal, (true, false), "rank {rank}: all_equal");
         for (i, g) in grads.iter().enumerate() {
             assert!((g - 1.5 * (i as f64 + 1.0)).abs() < 1e-6, "rank {rank} param {i}: mean grad {g}");
         }

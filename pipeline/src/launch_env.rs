@@ -22,22 +22,26 @@ pub struct ProcessEnv {
     pub launcher: Launcher,
 }
 
-fn env_usize(name: &str) -> Result<Option<usize>> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map(Some).with_context(|| format!("environment variable {name}={v} is not a number")),
-        Err(_) => Ok(None),
-    }
-}
-
 impl ProcessEnv {
     pub fn from_env() -> Result<ProcessEnv> {
-        let (rank, world, local, launcher) = if let Some(rank) = env_usize("RANK")? {
-            let world = env_usize("WORLD_SIZE")?.context("RANK is set but WORLD_SIZE is not: set both (torchrun does)")?;
-            (rank, world, env_usize("LOCAL_RANK")?.unwrap_or(0), Launcher::Torchrun)
-        } else if let Some(world) = env_usize("WORLD_SIZE")? {
+        ProcessEnv::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// From the variables `var` returns (the environment's, or a test's).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ProcessEnv> {
+        let num = |name: &str| -> Result<Option<usize>> {
+            match var(name) {
+                Some(v) => v.trim().parse().map(Some).with_context(|| format!("environment variable {name}={v} is not a number")),
+                None => Ok(None),
+            }
+        };
+        let (rank, world, local, launcher) = if let Some(rank) = num("RANK")? {
+            let world = num("WORLD_SIZE")?.context("RANK is set but WORLD_SIZE is not: set both (torchrun does)")?;
+            (rank, world, num("LOCAL_RANK")?.unwrap_or(0), Launcher::Torchrun)
+        } else if let Some(world) = num("WORLD_SIZE")? {
             bail!("WORLD_SIZE={world} is set but RANK is not: set both (torchrun does), or neither for one process")
-        } else if let (Some(rank), Some(world)) = (env_usize("SLURM_PROCID")?, env_usize("SLURM_NTASKS")?) {
-            (rank, world, env_usize("SLURM_LOCALID")?.unwrap_or(0), Launcher::Slurm)
+        } else if let (Some(rank), Some(world)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
+            (rank, world, num("SLURM_LOCALID")?.unwrap_or(0), Launcher::Slurm)
         } else {
             (0, 1, 0, Launcher::Single)
         };
@@ -55,5 +59,33 @@ impl ProcessEnv {
             bail!("rank {} is not below world size {}", self.rank, self.world_size);
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<ProcessEnv> {
+        ProcessEnv::from_vars(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn torchrun_then_slurm_then_one_process() {
+        let p = env(&[("RANK", "3"), ("WORLD_SIZE", "8"), ("LOCAL_RANK", "1"), ("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")]).unwrap();
+        assert_eq!((p.rank, p.world_size, p.local_rank, p.launcher), (3, 8, 1, Launcher::Torchrun));
+        let p = env(&[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "16"), ("SLURM_LOCALID", "5")]).unwrap();
+        assert_eq!((p.rank, p.world_size, p.local_rank, p.launcher), (5, 16, 5, Launcher::Slurm));
+        assert_eq!(env(&[]).unwrap(), ProcessEnv { rank: 0, world_size: 1, local_rank: 0, launcher: Launcher::Single });
+        assert_eq!(env(&[]).unwrap().with_overrides(Some(1), Some(2)).unwrap().rank, 1);
+    }
+
+    #[test]
+    fn inconsistent_variables_are_named() {
+        assert!(env(&[("RANK", "0")]).unwrap_err().to_string().contains("WORLD_SIZE is not"));
+        assert!(env(&[("WORLD_SIZE", "2")]).unwrap_err().to_string().contains("RANK is not"));
+        assert!(env(&[("RANK", "2"), ("WORLD_SIZE", "2")]).unwrap_err().to_string().contains("not below world size 2"));
+        assert!(env(&[("RANK", "x"), ("WORLD_SIZE", "2")]).unwrap_err().to_string().contains("RANK=x is not a number"));
+        assert!(env(&[]).unwrap().with_overrides(Some(1), None).is_err());
     }
 }

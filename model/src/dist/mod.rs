@@ -241,6 +241,14 @@ impl Dist {
         Ok(())
     }
 
+    /// Whether every rank passed the same `value` (an all-reduce of the maximum of `value` and of `−value`).
+    pub fn all_equal(&self, value: f64, what: &str) -> Result<bool> {
+        let t = Tensor::from_slice(&[value, -value]);
+        self.pg.allreduce(&t, ReduceOp::Max).map_err(|e| self.failure(what, e))?;
+        let v = Vec::<f64>::try_from(&t)?;
+        Ok(v[0] == value && -v[1] == value)
+    }
+
     /// Averages every value of `metrics` over the ranks (same keys on every rank).
     pub fn average_metrics(&self, metrics: &mut BTreeMap<String, f64>, what: &str) -> Result<()> {
         // The key names' checksum travels along: ranks with other keys would average unrelated values.

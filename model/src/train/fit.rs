@@ -107,6 +107,17 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
     let resume = opts.resume.clone().unwrap_or_else(|| if x.resume { "auto".into() } else { "never".into() });
     let resume_from = state::resolve_resume(&out, &resume)?;
     let resumed_state = resume_from.as_deref().map(state::read_state).transpose()?;
+    if let Some(d) = &dist {
+        let step = resumed_state.as_ref().map_or(-1.0, |s| s.global_step as f64);
+        if !d.all_equal(step, "agreeing on the checkpoint to resume from")? {
+            bail!(
+                "rank {rank}: the ranks disagree about the checkpoint to resume from (this rank: {}): experiment.output_dir {} must be \
+                 one directory every rank sees (a shared file system), or pass the same --resume everywhere",
+                resume_from.as_ref().map_or("none".into(), |p| p.display().to_string()),
+                out.display()
+            );
+        }
+    }
     if let (Some(ckpt), Some(saved)) = (&resume_from, &resumed_state)
         && saved.world_size != world_size
     {
