@@ -33,12 +33,12 @@ train() { # $1 = output dir; the rest: launcher + binary
   "$@" stage1 --config "$root/configs/tiny/sftok_tiny_stage1.yaml" --device cpu --workers 1 --resume never \
     "experiment.output_dir=$out" dataset.params.train_shards_path_or_url=shards/train dataset.params.train_proxy_codes_path=codes \
     training.per_gpu_batch_size=8 "training.max_train_steps=$steps" experiment.save_every=1000000 experiment.generate_every=0 \
-    experiment.log_every=1000000 >/dev/null
+    experiment.log_every=1000000 >/dev/null 2>"$out.err" || { cat "$out.err" >&2; exit 1; }
 }
 echo "== tiny stage 1, batch 8 per rank, $steps steps, 1 thread per process"
 train one "$bin"
 train two two "$bin"
-tiny=$(grep -o '^stage1: [0-9]* trainable' one/log.txt | grep -o '[0-9]*')
+tiny=$(sed -n 's/^stage1: \([0-9]*\) trainable.*/\1/p' one/log.txt)
 "$py" - one/metrics.jsonl two/metrics.jsonl <<'PY'
 import json, statistics, sys
 for path, ranks in zip(sys.argv[1:], (1, 2)):
