@@ -227,10 +227,9 @@ fn under_slurm_only_rank_0_writes_and_a_lost_rank_is_named() {
     let port = free_port();
     let t = Instant::now();
     let r0 = slurm_rank(dir, &cwd0, 0, port, &[], &["--dist-timeout", "10", "--resume", "never"]);
-    let r1 = slurm_rank(dir, &cwd1, 1, port, &[("SFTOK_TEST_PAUSE_AFTER_CHECKPOINT", "2@1")], &["--dist-timeout", "10", "--resume", "never"]);
+    let mut r1 = slurm_rank(dir, &cwd1, 1, port, &[("SFTOK_TEST_PAUSE_AFTER_CHECKPOINT", "2@1")], &["--dist-timeout", "10", "--resume", "never"]);
     let (ok0, t0) = stderr_of(r0);
     let waited = t.elapsed();
-    let mut r1 = r1;
     r1.kill().unwrap();
     r1.wait().unwrap();
     assert!(!ok0, "rank 0 succeeded without rank 1:\n{t0}");
@@ -243,10 +242,13 @@ fn under_slurm_only_rank_0_writes_and_a_lost_rank_is_named() {
     std::fs::remove_dir_all(cwd0.join("out")).unwrap();
     let port = free_port();
     let r0 = slurm_rank(dir, &cwd0, 0, port, &[], &["--resume", "never"]);
-    let r1 = slurm_rank(dir, &cwd1, 1, port, &[("SFTOK_TEST_PAUSE_AFTER_CHECKPOINT", "2@1")], &["--resume", "never"]);
+    let mut r1 = slurm_rank(dir, &cwd1, 1, port, &[("SFTOK_TEST_PAUSE_AFTER_CHECKPOINT", "2@1")], &["--resume", "never"]);
     let marker = cwd0.join("out/checkpoint-2/trainer_state.json");
     let t = Instant::now();
-    kill_when_exists_keep(r1, &marker, 300);
+    common::wait_until_exists(&mut r1, &marker, 300);
+    std::thread::sleep(Duration::from_millis(500)); // past the barrier, into the pause
+    r1.kill().unwrap();
+    r1.wait().unwrap();
     let (ok0, t0) = stderr_of(r0);
     assert!(!ok0, "rank 0 succeeded without rank 1:\n{t0}");
     assert!(t0.contains("rank 1 is gone"), "{t0}");
@@ -265,30 +267,10 @@ fn under_slurm_only_rank_0_writes_and_a_lost_rank_is_named() {
     assert!(t1.contains("disagree about the checkpoint") && t1.contains("this rank: none"), "{t1}");
 }
 
-/// Waits for `path`, then SIGKILLs `child` (its output is dropped).
-fn kill_when_exists_keep(mut child: Child, path: &Path, secs: u64) {
-    let t0 = Instant::now();
-    while !path.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "rank ended before {} appeared", path.display());
-        assert!(t0.elapsed() < Duration::from_secs(secs), "{} did not appear in {secs} s", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(500)); // past the barrier, into the pause
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 /// Waits for `path`, then SIGKILLs torchrun and its ranks together (torchrun starts every rank in
 /// a session of its own, so they are found as its children).
 fn kill_job_when_exists(mut child: Child, path: &Path, secs: u64) {
-    let t0 = Instant::now();
-    while !path.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("job ended ({status}) before {} appeared", path.display());
-        }
-        assert!(t0.elapsed() < Duration::from_secs(secs), "{} did not appear in {secs} s", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until_exists(&mut child, path, secs);
     let parent = child.id().to_string();
     let mut pids = vec![parent.clone()];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {

@@ -448,6 +448,6 @@ fn a_rank_with_less_than_one_training_batch_is_an_error_not_an_endless_read() {
     write_shards(&shards, &items, 3); // 2 shards of 3
     let mut cfg = resume_cfg(&shards, None);
     (cfg.rank, cfg.world_size, cfg.batch_size, cfg.drop_last, cfg.epochs) = (1, 2, 4, true, None);
-    let err = Loader::new(cfg).unwrap().next_batch().err().expect("3 samples cannot make a batch of 4").to_string();
+    let err = Loader::new(cfg).unwrap().next_batch().expect_err("3 samples cannot make a batch of 4").to_string();
     assert!(err.contains("rank 1 of 2") && err.contains("3 usable sample(s)") && err.contains("per_gpu_batch_size"), "{err}");
 }

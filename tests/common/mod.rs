@@ -51,8 +51,8 @@ pub fn shards(dir: &Path, classes: usize, per_class: usize, shard_size: usize) -
     out.join("train")
 }
 
-/// Waits until `path` exists (or panics after `secs`), then kills the child with SIGKILL.
-pub fn kill_when_exists(mut child: Child, path: &Path, secs: u64) {
+/// Waits until `path` exists; panics if the child ends first or `secs` pass.
+pub fn wait_until_exists(child: &mut Child, path: &Path, secs: u64) {
     let t0 = Instant::now();
     while !path.exists() {
         if let Ok(Some(status)) = child.try_wait() {
@@ -61,6 +61,11 @@ pub fn kill_when_exists(mut child: Child, path: &Path, secs: u64) {
         assert!(t0.elapsed() < Duration::from_secs(secs), "{} did not appear in {secs} s", path.display());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until `path` exists (or panics after `secs`), then kills the child with SIGKILL.
+pub fn kill_when_exists(mut child: Child, path: &Path, secs: u64) {
+    wait_until_exists(&mut child, path, secs);
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
 }
