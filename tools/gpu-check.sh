@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # One prepared script for a lent GPU machine: set-up, build, CUDA checks, a short table.
+# The binaries: gpu-bin/ when present (tools/gpu-build.sh makes it on the development machine for
+# the GPU machine's PyTorch 2.11; carry it along), else a build here (needs Rust and libtorch 2.13).
 # On a machine without CUDA it says so and exits 0.
 #   tools/gpu-check.sh            # doctor + teacher throughput + SFTok-B recon + training step rate + generator train/sample
 #                                 # + NCCL all-reduce (1 process; all GPUs when there are more) + a 2-GPU stage-1 run
@@ -10,10 +12,22 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
   echo "gpu-check: no NVIDIA GPU on this machine; nothing to check."
   exit 0
 fi
-bash tools/setup.sh || exit 1
-# The NCCL process group (model/csrc/sftok_c10d_nccl.cpp) needs the CUDA headers beside the wheel's torch/.
-cargo build --bins --features nccl 2>&1 | tail -3 || exit 1
-bin="$root/target/debug"
+if [ -x "$root/gpu-bin/sftok-train" ]; then
+  # Built elsewhere by tools/gpu-build.sh (tch 0.24, libtorch 2.11, NCCL) for a machine that has
+  # PyTorch 2.11 but no Rust toolchain and no downloads: its torch/lib serves the binaries.
+  bin="$root/gpu-bin"
+  py=python3
+  torch_lib=$("$py" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || exit 1
+  export LD_LIBRARY_PATH="$torch_lib:$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  torchrun=("$py" -m torch.distributed.run)
+else
+  bash tools/setup.sh || exit 1
+  # The NCCL process group (model/csrc/sftok_c10d_nccl.cpp) needs CUDA headers: see model/build.rs.
+  cargo build --bins --features nccl 2>&1 | tail -3 || exit 1
+  bin="$root/target/debug"
+  py="$root/.venv/bin/python"
+  torchrun=("$root/.venv/bin/torchrun")
+fi
 work="${GPU_CHECK_WORK:-/tmp/sftok-gpu-check}"
 rm -rf "$work" && mkdir -p "$work"
 rows=()
@@ -21,7 +35,7 @@ add() { rows+=("$(printf '%-34s %-6s %s' "$1" "$2" "$3")"); }
 timed() { local t0=$SECONDS; "$@" > "$work/last.log" 2>&1; local rc=$?; echo $((SECONDS - t0)) > "$work/secs"; return $rc; }
 
 add "device" "info" "$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)"
-if out=$(env -u LD_LIBRARY_PATH "$bin/sftok-prep" doctor --device cuda:0 2>&1); then
+if out=$("$bin/sftok-prep" doctor --device cuda:0 2>&1); then
   add "doctor (cuda:0, f32+bf16)" "ok" "$(echo "$out" | grep -E 'matmul' | tr -s ' ' | paste -sd ';')"
 else
   add "doctor (cuda:0, f32+bf16)" "FAIL" "$(echo "$out" | tail -2 | paste -sd ';')"
@@ -39,7 +53,7 @@ else
 fi
 if timed "$bin/sftok-prep" proxy-codes --teacher random:0 --shards "$work/shards/val" --out "$work/codes_val_gpu" --views 1 --device cuda:0 \
    && timed "$bin/sftok-prep" proxy-codes --teacher random:0 --shards "$work/shards/val" --out "$work/codes_val_cpu" --views 1 --device cpu; then
-  flips=$(.venv/bin/python - "$work/codes_val_gpu" "$work/codes_val_cpu" <<'PY'
+  flips=$("$py" - "$work/codes_val_gpu" "$work/codes_val_cpu" 2>&1 <<'PY' | tail -1
 import sys, glob, os, pyarrow.parquet as pq, numpy as np
 a, b = sys.argv[1], sys.argv[2]
 diff = total = 0
@@ -92,12 +106,12 @@ else
   add "NCCL all-reduce, 1 process" "FAIL" "$(tail -2 "$work/last.log" | paste -sd ';')"
 fi
 if [ "$gpus" -gt 1 ]; then
-  if timed .venv/bin/torchrun --standalone --nproc_per_node "$gpus" --no-python "$bin/sftok-train" allreduce-bench --device cuda --numel 175104832 --iters 5; then
+  if timed "${torchrun[@]}" --standalone --nproc_per_node "$gpus" --no-python "$bin/sftok-train" allreduce-bench --device cuda --numel 175104832 --iters 5; then
     add "NCCL all-reduce, $gpus GPUs" "ok" "$(grep -o 'algbw.*' "$work/last.log")"
   else
     add "NCCL all-reduce, $gpus GPUs" "FAIL" "$(tail -2 "$work/last.log" | paste -sd ';')"
   fi
-  if timed .venv/bin/torchrun --standalone --nproc_per_node 2 --no-python "$bin/sftok-train" stage1 --config configs/sftok_b64_stage1.yaml \
+  if timed "${torchrun[@]}" --standalone --nproc_per_node 2 --no-python "$bin/sftok-train" stage1 --config configs/sftok_b64_stage1.yaml \
        --device cuda --teacher random:0 --resume never experiment.output_dir="$work/train_b_ddp" \
        dataset.params.train_shards_path_or_url="$work/shards/train" dataset.params.train_proxy_codes_path= \
        training.per_gpu_batch_size=32 training.max_train_steps=30 experiment.log_every=10; then
