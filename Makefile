@@ -24,11 +24,15 @@ FIXTURE_TESTS := --test sftok_parity --test vqgan_parity --test eval_metrics --t
 ## make test: every unit, parity and end-to-end test; then the fixture tests again on a copy of the
 ## fixtures in a temporary directory (SFTOK_FIXTURES), so that no test depends on where they lie.
 ## (--workspace in the rerun: the same feature resolution as the first run, so nothing is rebuilt.)
+## Last, `cargo check` of the GPU machine's build (tools/gpu-build.sh; the torch 2.11 wheel is cached
+## in $SFTOK_CACHE like libtorch).
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
 	@fx=$$(mktemp -d) && trap 'rm -rf "$$fx"' EXIT && cp -R ../shared/fixtures/. "$$fx"/ && \
 	echo "fixture tests again with SFTOK_FIXTURES=$$fx (a copy of ../shared/fixtures)" && \
 	SFTOK_FIXTURES="$$fx" $(CARGO) test --workspace --no-fail-fast $(FIXTURE_TESTS)
+	@echo "the GPU machine's build (tch 0.24, libtorch 2.11, NCCL) still compiles: tools/gpu-build.sh --check"
+	@bash tools/gpu-build.sh --check
 
 clean-demo:
 	rm -rf demo-out

@@ -6,11 +6,15 @@
 # CUDA and NCCL headers of that wheel's pins, from PyPI), in release mode, stripped.
 #
 #   tools/gpu-build.sh [OUT_DIR]        (default: gpu-bin/, ignored by git; carry it to the machine)
+#   tools/gpu-build.sh --check          (`cargo check` only, shims included: what `make test` runs so
+#                                        that the 0.24 build keeps compiling)
 #
 # OUT_DIR gets sftok-prep, sftok-train, sftok-eval and libjpeg.so.62; tools/gpu-check.sh uses it
 # when present. Downloads and the build tree live in ${SFTOK_CACHE:-~/.cache/sftok}.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+check=0
+if [ "${1:-}" = --check ]; then check=1; shift; fi
 out="${1:-$root/gpu-bin}"
 cache="${SFTOK_CACHE:-$HOME/.cache/sftok}"
 py="$root/.venv/bin/python"
@@ -23,7 +27,11 @@ if [ ! -f "$lt/.complete" ]; then
   mkdir -p "$cache/wheels"
   "${pip[@]}" download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 torch==2.11.0 -d "$cache/wheels"
   rm -rf "$lt" && mkdir -p "$lt"
-  unzip -q "$cache/wheels/torch-2.11.0-cp312-cp312-manylinux_2_28_x86_64.whl" 'torch/include/*' 'torch/lib/*' -d "$lt"
+  "$py" -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith(("torch/include/", "torch/lib/"))])' \
+    "$cache/wheels/torch-2.11.0-cp312-cp312-manylinux_2_28_x86_64.whl" "$lt"
+  chmod -R u+rwX "$lt"
   touch "$lt/.complete"
 fi
 # 2. Headers the NCCL translation unit includes: CUDA 13.0 runtime, crt, cccl and NCCL 2.28.9 (the
@@ -46,8 +54,13 @@ rm -rf "$src" && mkdir -p "$src"
 (cd "$root" && git ls-files -co --exclude-standard -z | tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -xf - -C "$src"
 sed -i -e 's/^tch = .*/tch = "=0.24.0"/' -e 's/^torch-sys = .*/torch-sys = "=0.24.0"/' "$src/Cargo.toml"
 rm -f "$src/.cargo/config.toml" "$src/Cargo.lock" # the former points LIBTORCH at .libtorch (2.13)
+cargo_cmd=(build --release); [ "$check" = 1 ] && cargo_cmd=(check --quiet)
 (cd "$src" && LIBTORCH="$lt/torch" LIBTORCH_CXX11_ABI=1 SFTOK_CUDA_INCLUDE="$includes" \
-  CARGO_TARGET_DIR="$cache/gpu-target" cargo build --release --bins --features nccl)
+  CARGO_TARGET_DIR="$cache/gpu-target" cargo "${cargo_cmd[@]}" --bins --features nccl)
+if [ "$check" = 1 ]; then
+  echo "gpu-build.sh --check: the tch 0.24 / libtorch 2.11 build (nccl feature) compiles"
+  exit 0
+fi
 
 # 4. Stripped binaries + the libjpeg the machine may lack.
 mkdir -p "$out"
