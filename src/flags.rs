@@ -206,10 +206,10 @@ impl SampleFlags {
             wait: std::time::Duration::from_secs_f64(self.wait_minutes * 60.0),
         };
         let r = sftok_model::eval::sample::run_sample(&req)?;
-        eprintln!(
+        sftok_pipeline::progress::status_line(&format!(
             "rank {rank}: {} chunk(s) generated, {} kept from an earlier run; {:.1} images/s; peak RSS {:.0} MB",
             r.chunks_done_here, r.chunks_kept, r.images_per_second, r.peak_rss_mb
-        );
+        ));
         if r.merged {
             println!("samples: {} ({} images, arr_0 uint8; how they were made: {})", r.out.display(), req.num, sftok_model::eval::sample::sidecar_path(&r.out).display());
         }

@@ -10,8 +10,8 @@
 //! addends does not depend on their order, so at one thread per process (torchrun's default)
 //! the two runs must agree exactly: max |difference| 0. The loss log is the ranks' mean; the one
 //! process logs its last micro-batch, so it is compared with the mean of two one-process runs
-//! whose interleaving puts either rank's images last. `sftok-prep proxy-codes` under torchrun
-//! splits its shards by rank with the same files as one process.
+//! whose interleaving puts either rank's images last. `sftok-prep proxy-codes` with torchrun's
+//! variables splits its shards by rank with the same files as one process.
 
 mod common;
 
@@ -148,20 +148,23 @@ fn two_ranks_equal_one_process_and_resume_exactly_after_kill() {
         }
     }
 
-    // proxy-codes under torchrun: each rank converts its part (--part from RANK/WORLD_SIZE); the
-    // two parts together are the one-process output, file for file.
-    let torchrun_bin = sftok_testkit_tch::python_path().with_file_name("torchrun");
-    let text = run_ok(
-        Command::new(&torchrun_bin)
-            .current_dir(dir)
-            .env_remove("LD_LIBRARY_PATH")
-            .args(["--nproc_per_node=2", "--master_addr=127.0.0.1", &format!("--master_port={}", free_port()), "--no-python", "--"])
-            .arg(env!("CARGO_BIN_EXE_sftok-prep"))
-            .args(["proxy-codes", "--teacher", "random:0", "--shards", "shards/train", "--out", "codes/two", "--views", "2"])
-            .args(["--resize-shorter", "64", "--crop", "64", "--device", "cpu", "--batch", "1"]),
-    );
-    assert!(text.contains("in part 1/2") && text.contains("in part 2/2"), "{text}");
-    for f in ["train-000000.parquet", "train-000001.parquet"] {
+    // proxy-codes as torchrun's ranks: each process converts its part (--part from RANK/WORLD_SIZE);
+    // the two parts together are the one-process output, file for file. (One after the other, so
+    // that each one's output can be read whole.)
+    let files = ["train-000000.parquet", "train-000001.parquet"];
+    for rank in 0..2 {
+        let text = run_ok(
+            bin("sftok-prep")
+                .current_dir(dir)
+                .envs([("RANK", rank.to_string()), ("WORLD_SIZE", "2".into()), ("LOCAL_RANK", rank.to_string())])
+                .args(["proxy-codes", "--teacher", "random:0", "--shards", "shards/train", "--out", "codes/two", "--views", "2"])
+                .args(["--resize-shorter", "64", "--crop", "64", "--device", "cpu", "--batch", "1"]),
+        );
+        assert!(text.contains(&format!("1 shard(s) in part {}/2", rank + 1)), "{text}");
+        let written: Vec<bool> = files.iter().map(|f| dir.join("codes/two").join(f).is_file()).collect();
+        assert_eq!(written, [true, rank == 1], "after rank {rank}");
+    }
+    for f in files {
         assert!(same_bytes(&dir.join("codes/train").join(f), &dir.join("codes/two").join(f)), "{f}: 2 ranks differ from 1 process");
     }
 

@@ -6,6 +6,13 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Writes `line` and a newline to stderr in one `write(2)`: `eprintln!` writes its pieces one by one,
+/// so the lines of processes sharing a terminal or pipe (torchrun's ranks) interleave mid-line.
+pub fn status_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(format!("{line}\n").as_bytes());
+}
+
 /// `1h05m` / `3m07s`: the remaining time in progress lines and the trainer's console.
 pub fn format_eta(secs: f64) -> String {
     let s = secs.max(0.0) as u64;

@@ -521,7 +521,13 @@ fn encode_views(
     };
     let images: u64 = pending.iter().map(|(s, _)| counts(s)).sum();
     let part = &req.part;
-    eprintln!("{} shard(s) in part {part}: {} to do, {} already done; device {}", todo.len(), pending.len(), todo.len() - pending.len(), sftok_model::device::describe(req.device));
+    sftok_pipeline::progress::status_line(&format!(
+        "{} shard(s) in part {part}: {} to do, {} already done; device {}",
+        todo.len(),
+        pending.len(),
+        todo.len() - pending.len(),
+        sftok_model::device::describe(req.device)
+    ));
     let progress = Progress::new(what, images * req.views as u64, "views");
     let t0 = std::time::Instant::now();
     let sum = run(&|n| progress.inc(n))?;
