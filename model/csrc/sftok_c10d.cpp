@@ -24,8 +24,6 @@ c10d::ReduceOp reduce_op(int op) {
   switch (op) {
     case SFTOK_REDUCE_MAX:
       return c10d::ReduceOp::MAX;
-    case SFTOK_REDUCE_MIN:
-      return c10d::ReduceOp::MIN;
     default:
       return c10d::ReduceOp::SUM;
   }

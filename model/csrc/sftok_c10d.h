@@ -12,7 +12,6 @@
 
 #define SFTOK_REDUCE_SUM 0
 #define SFTOK_REDUCE_MAX 1
-#define SFTOK_REDUCE_MIN 2
 
 struct sftok_store {
   c10::intrusive_ptr<c10d::Store> store;

@@ -128,7 +128,6 @@ impl Drop for Store {
 pub enum ReduceOp {
     Sum = 0,
     Max = 1,
-    Min = 2,
 }
 
 /// A c10d process group (Gloo for CPU tensors, NCCL for CUDA tensors).

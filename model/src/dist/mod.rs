@@ -17,7 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use c10d::{ProcessGroup, ReduceOp, Store};
 use sftok_pipeline::launch_env::{Launcher, ProcessEnv};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,6 +36,11 @@ pub struct Dist {
     pub rank: usize,
     pub world_size: usize,
     pg: ProcessGroup,
+    /// Where this group's tensors live: the CUDA device for NCCL, the CPU for Gloo.
+    device: Device,
+    /// The gradient buckets' flat buffers, kept from one optimiser step to the next: allocating the
+    /// gradients' size anew every step costs page faults on the CPU.
+    grad_buffers: Mutex<Vec<Tensor>>,
     store: Arc<Store>,
     /// Where the store is, for messages.
     rendezvous: String,
@@ -92,13 +97,14 @@ impl Dist {
 
     /// A process group over an existing store (a FileStore in tests).
     pub fn new(store: Store, rank: usize, world_size: usize, device: Device, timeout: Duration, rendezvous: String) -> Result<Dist> {
-        let pg = match device {
-            Device::Cuda(_) if cfg!(feature = "nccl") => ProcessGroup::nccl(&store, rank, world_size, timeout),
+        let (pg, device) = match device {
+            Device::Cuda(_) if cfg!(feature = "nccl") => (ProcessGroup::nccl(&store, rank, world_size, timeout), device),
             _ => {
                 let ifnames = std::env::var("GLOO_SOCKET_IFNAME").ok();
-                ProcessGroup::gloo(&store, rank, world_size, timeout, ifnames.as_deref())
+                (ProcessGroup::gloo(&store, rank, world_size, timeout, ifnames.as_deref()), Device::Cpu)
             }
-        }
+        };
+        let pg = pg
         .map_err(|e| anyhow!("rank {rank}: creating the process group of {world_size} ranks (store {rendezvous}) failed: {e}"))?;
         let store = Arc::new(store);
         let heartbeat_stop = Arc::new(AtomicBool::new(false));
@@ -112,7 +118,7 @@ impl Dist {
                 }
             })?
         };
-        Ok(Dist { rank, world_size, pg, store, rendezvous, timeout, heartbeat_stop, heartbeat: Some(heartbeat) })
+        Ok(Dist { rank, world_size, pg, device, grad_buffers: Mutex::new(Vec::new()), store, rendezvous, timeout, heartbeat_stop, heartbeat: Some(heartbeat) })
     }
 
     pub fn backend(&self) -> &'static str {
@@ -202,7 +208,7 @@ impl Dist {
     pub fn average_gradients(&self, params: &[Tensor], step: u64) -> Result<()> {
         tch::no_grad(|| {
             let defined: Vec<f32> = params.iter().map(|p| p.grad().defined() as u8 as f32).collect();
-            let count = Tensor::from_slice(&defined).to_device(self.comm_device(params));
+            let count = Tensor::from_slice(&defined).to_device(self.device);
             self.pg.allreduce(&count, ReduceOp::Sum).map_err(|e| self.failure(&format!("the gradient all-reduce of step {step}"), e))?;
             let count = Vec::<f32>::try_from(&count.to_device(Device::Cpu))?;
             let mut grads = Vec::new();
@@ -218,9 +224,15 @@ impl Dist {
                 }
             }
             let refs: Vec<&Tensor> = grads.iter().collect();
+            let mut buffers = self.grad_buffers.lock().map_err(|_| anyhow!("the gradient buffers' lock is poisoned"))?;
+            let layout = buckets(&refs);
+            if buffers.len() != layout.len() || buffers.iter().zip(&layout).any(|(f, b)| !fits(f, b)) {
+                *buffers = layout.iter().map(|b| Tensor::empty([numel(b)], (b[0].kind(), b[0].device()))).collect();
+            }
             let mut flying = Vec::new();
-            for bucket in buckets(&refs) {
-                let flat = flatten(&bucket);
+            for (bucket, flat) in layout.into_iter().zip(buffers.iter()) {
+                pack(flat, &bucket);
+                let flat = flat.shallow_clone();
                 let work = self.pg.allreduce_start(&flat, ReduceOp::Sum).map_err(|e| self.failure(&format!("the gradient all-reduce of step {step}"), e))?;
                 flying.push((flat, bucket, work));
             }
@@ -235,17 +247,17 @@ impl Dist {
 
     /// Sums `values` over the ranks in place (a non-finite value anywhere makes its sum non-finite).
     pub fn sum_all(&self, values: &mut [f64], what: &str) -> Result<()> {
-        let t = Tensor::from_slice(values);
+        let t = Tensor::from_slice(values).to_device(self.device);
         self.pg.allreduce(&t, ReduceOp::Sum).map_err(|e| self.failure(what, e))?;
-        values.copy_from_slice(&Vec::<f64>::try_from(&t)?);
+        values.copy_from_slice(&Vec::<f64>::try_from(&t.to_device(Device::Cpu))?);
         Ok(())
     }
 
     /// Whether every rank passed the same `value` (an all-reduce of the maximum of `value` and of `−value`).
     pub fn all_equal(&self, value: f64, what: &str) -> Result<bool> {
-        let t = Tensor::from_slice(&[value, -value]);
+        let t = Tensor::from_slice(&[value, -value]).to_device(self.device);
         self.pg.allreduce(&t, ReduceOp::Max).map_err(|e| self.failure(what, e))?;
-        let v = Vec::<f64>::try_from(&t)?;
+        let v = Vec::<f64>::try_from(&t.to_device(Device::Cpu))?;
         Ok(v[0] == value && -v[1] == value)
     }
 
@@ -278,14 +290,6 @@ impl Dist {
 
     pub fn barrier(&self, what: &str) -> Result<()> {
         self.pg.barrier().map_err(|e| self.failure(what, e))
-    }
-
-    /// The tensors' device for the small bookkeeping collectives (NCCL needs CUDA tensors).
-    fn comm_device(&self, params: &[Tensor]) -> Device {
-        match self.pg.backend {
-            "nccl" => params.first().map_or(Device::Cpu, |p| p.device()),
-            _ => Device::Cpu,
-        }
     }
 }
 
@@ -331,6 +335,25 @@ fn buckets<'a>(tensors: &[&'a Tensor]) -> Vec<Vec<&'a Tensor>> {
 fn flatten(bucket: &[&Tensor]) -> Tensor {
     let views: Vec<Tensor> = bucket.iter().map(|t| t.reshape([-1])).collect();
     Tensor::cat(&views, 0)
+}
+
+fn numel(bucket: &[&Tensor]) -> i64 {
+    bucket.iter().map(|t| t.numel() as i64).sum()
+}
+
+/// Whether `flat` can hold `bucket` (same size, kind and device).
+fn fits(flat: &Tensor, bucket: &[&Tensor]) -> bool {
+    flat.numel() as i64 == numel(bucket) && flat.kind() == bucket[0].kind() && flat.device() == bucket[0].device()
+}
+
+/// Copies the bucket's tensors into `flat`, one after the other.
+fn pack(flat: &Tensor, bucket: &[&Tensor]) {
+    let mut offset = 0i64;
+    for t in bucket {
+        let n = t.numel() as i64;
+        flat.narrow(0, offset, n).copy_(&t.reshape([-1]));
+        offset += n;
+    }
 }
 
 fn unflatten(flat: &Tensor, bucket: &[&Tensor]) {
