@@ -69,7 +69,7 @@ impl Progress {
                 p.last = Instant::now();
                 let rate = p.done as f64 / p.start.elapsed().as_secs_f64().max(1e-9);
                 let left = self.total.saturating_sub(p.done) as f64 / rate.max(1e-9);
-                eprintln!("{}: {}/{} ({rate:.1}/s, ETA {})", self.label, p.done, self.total, format_eta(left));
+                status_line(&format!("{}: {}/{} ({rate:.1}/s, ETA {})", self.label, p.done, self.total, format_eta(left)));
             }
         }
     }

@@ -454,9 +454,8 @@ struct ViewFlags {
     /// Views per encoder call. Default: proxy-codes 64, tokenize 128.
     #[arg(long)]
     batch: Option<usize>,
-    /// auto | cpu | cuda | cuda:N
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: sftok::flags::DeviceFlag,
     /// Do shards K, K+N, … of this conversion (1-based), e.g. 2/8. Default: this process's share
     /// under torchrun (RANK+1 / WORLD_SIZE) or srun (SLURM_PROCID+1 / SLURM_NTASKS), else 1/1.
     #[arg(long, value_name = "K/N")]
@@ -465,7 +464,7 @@ struct ViewFlags {
 
 impl ViewFlags {
     fn request(self, default_views: usize, default_batch: usize) -> Result<sftok_model::view_codes::ViewCodesRequest> {
-        // Under torchrun / srun: this process's share of the shards, on its machine's GPU number LOCAL_RANK.
+        // Under torchrun / srun: this process's share of the shards (and its GPU: DeviceFlag).
         let env = sftok_pipeline::launch_env::ProcessEnv::from_env()?;
         Ok(sftok_model::view_codes::ViewCodesRequest {
             shards: self.shards,
@@ -473,7 +472,7 @@ impl ViewFlags {
             views: self.views.unwrap_or(default_views),
             resize_shorter_edge: self.resize_shorter,
             crop_size: self.crop,
-            device: sftok_model::device::parse_device_for_local_rank(&self.device, env.local_rank)?,
+            device: self.device.resolve()?,
             batch: self.batch.unwrap_or(default_batch),
             part: match self.part {
                 Some(p) => p,
