@@ -122,3 +122,34 @@ fn unreadable_files_name_the_file_and_the_problem() {
     let err = format!("{:#}", checkpoint::read(&dir.path().join("nope.bin")).err().unwrap());
     assert!(err.contains("nope.bin") && err.contains("check the path"), "{err}");
 }
+
+/// A safetensors file starts with its header length (u64, little endian). When that length's low
+/// byte is 0x80 — a pickle's first byte — the file must still be read as safetensors (it was
+/// once taken for a legacy torch pickle: SFTok weights of one config failed to load).
+#[test]
+fn safetensors_whose_first_byte_is_a_pickle_opcode() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, torch
+from safetensors.torch import save_file
+out = sys.argv[1]
+for k in range(1, 400):
+    p = f"{out}/w.safetensors"
+    save_file({"w" + "x" * k: torch.arange(6, dtype=torch.float32).reshape(2, 3) / 4}, p)
+    if open(p, "rb").read(1) == b"\x80":
+        print("x" * k)
+        break
+else:
+    raise SystemExit("no name length gives a 0x80 first byte")
+"#;
+    let name = sftok_testkit_tch::run_python(script, &[dir.path().to_str().unwrap()]);
+    let path = dir.path().join("w.safetensors");
+    assert_eq!(std::fs::read(&path).unwrap()[0], 0x80);
+    let sd = checkpoint::read(&path).expect("a safetensors file starting with 0x80");
+    let t = sd.get(&format!("w{}", name.trim())).expect("the tensor by its name");
+    assert_eq!(Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(), vec![0.0, 0.25, 0.5, 0.75, 1.0, 1.25]);
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &std::fs::read(&path).unwrap()[..4]).unwrap();
+    let err = format!("{:#}", checkpoint::read(&cut).err().expect("a 4-byte file must fail"));
+    assert!(err.contains("cut.safetensors") && err.contains("does not start with a safetensors header"), "{err}");
+}

@@ -73,13 +73,17 @@ fn read_inner(path: &Path) -> Result<StateDict> {
         .with_context(|| "cannot open the file (check the path)")?
         .read(&mut head)?;
     let head = &head[..n];
-    if head.starts_with(b"PK\x03\x04") {
+    // safetensors first, by its structure: its first byte is the low byte of the header length,
+    // which is 0x80 — a pickle's PROTO opcode — for one header size in 256.
+    if looks_like_safetensors(path)? {
+        let tensors = Tensor::read_safetensors(path).map_err(|e| anyhow!("safetensors: {e}"))?;
+        Ok(StateDict { tensors })
+    } else if path.extension().is_some_and(|e| e == "safetensors") {
+        bail!("named .safetensors, but it does not start with a safetensors header (8-byte length + JSON): truncated or not a safetensors file")
+    } else if head.starts_with(b"PK\x03\x04") {
         read_torch_zip(path)
     } else if head.first() == Some(&0x80) {
         read_torch_legacy(path)
-    } else if head.len() == 8 && path.extension().is_some_and(|e| e == "safetensors") || looks_like_safetensors(path)? {
-        let tensors = Tensor::read_safetensors(path).map_err(|e| anyhow!("safetensors: {e}"))?;
-        Ok(StateDict { tensors })
     } else {
         bail!("not a PyTorch checkpoint (zip or legacy pickle) nor a safetensors file")
     }
