@@ -36,6 +36,11 @@ pub struct QuantizerOutput {
     pub codebook_loss: Tensor,
     /// [B, 1, N] int64 in [0, K).
     pub min_encoding_indices: Tensor,
+    /// Not in the reference: the spread of the l2-normalised encoder output across the batch's
+    /// images (population std over B, averaged over tokens and channels; no gradient). About 0
+    /// when the encoder's output no longer depends on the image (collapse): the codes still
+    /// differ then, because the balanced assignment spreads identical tokens over the codebook.
+    pub latent_spread: Tensor,
 }
 
 /// `F.normalize(v, p=2, dim=-1, eps=1e-12)`.
@@ -104,12 +109,41 @@ impl OptVq {
         let quantizer_loss = &commitment_loss + &codebook_loss;
         // Straight-through estimator; the value z_n + (z_q − z_n) is kept exactly (rounding).
         let z_q_ste = &z_n + (&z_q - &z_n).detach();
+        let latent_spread = tch::no_grad(|| z_n.std_dim(0, false, false).mean(Kind::Float));
         let out = QuantizerOutput {
             quantizer_loss,
             commitment_loss,
             codebook_loss,
             min_encoding_indices: indices.view([b, 1, n]),
+            latent_spread,
         };
         (z_q_ste.permute([0, 3, 1, 2]), out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quantizer() -> (nn::VarStore, OptVq) {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let q = OptVq::new(vs.root() / "quantize", &OptVqConfig { codebook_size: 4, token_size: 8, commitment_cost: 0.25 });
+        (vs, q)
+    }
+
+    #[test]
+    fn latent_spread_is_zero_for_identical_images_and_the_population_std_otherwise() {
+        let (_vs, q) = quantizer();
+        // One token per image, D = 8: image 0 along e0 (length 3), image 1 along e1 (length 0.5).
+        // Normalised, coordinates 0 and 1 take {1, 0} over the batch (population std 0.5), the
+        // other six are 0: the mean over the 8 channels is 1/8.
+        let mut v = vec![0f32; 16];
+        v[0] = 3.0;
+        v[8 + 1] = 0.5;
+        let z = Tensor::from_slice(&v).reshape([2, 1, 1, 8]).permute([0, 3, 1, 2]); // [B, D, 1, N]
+        let spread = q.forward(&z).1.latent_spread.double_value(&[]);
+        assert!((spread - 0.125).abs() < 1e-7, "{spread}");
+        let same = Tensor::randn([1, 8, 1, 3], (Kind::Float, tch::Device::Cpu)).repeat([4, 1, 1, 1]);
+        assert_eq!(q.forward(&same).1.latent_spread.double_value(&[]), 0.0);
     }
 }

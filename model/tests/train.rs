@@ -182,7 +182,7 @@ fn tensorboard_files_read_back_with_the_expected_tags() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
     for tag in ["train/total_loss", "train/reconstruction_loss", "train/quantizer_loss", "train/masked_token_accuracy",
-                "train/index_unique_ratio", "train/codebook_perplexity", "lr", "grad_norm", "samples/sec"] {
+                "train/index_unique_ratio", "train/codebook_perplexity", "train/latent_spread", "lr", "grad_norm", "samples/sec"] {
         assert!(text.contains(&format!("'{tag}'")), "missing {tag}: {text}");
     }
     assert!(text.contains("STEPS [1, 2, 3] 4"), "{text}");

@@ -244,6 +244,7 @@ impl Task for Stage3Task {
         let idx = out.quant.min_encoding_indices.flatten(0, -1);
         let unique = idx.bincount(None::<Tensor>, self.model.cfg.quantizer.codebook_size).gt(0.0).sum(Kind::Int64).int64_value(&[]);
         metrics.insert("train/index_unique_ratio".into(), unique as f64 / idx.numel() as f64);
+        metrics.insert("train/latent_spread".into(), out.quant.latent_spread.double_value(&[]));
         self.pending = Some(Pending { x: x.shallow_clone(), x_hat: x_hat.detach(), global_step: ctx.global_step });
         self.last_images = Some(x);
         Ok(StepOutput { loss, metrics })
@@ -335,6 +336,7 @@ impl Task for Stage3Task {
             Panel::new("discriminator losses", &["train/discriminator_loss", "train/lecam_loss"]),
             Panel::new("discriminator logits (mean)", &["train/logits_real", "train/logits_fake"]),
             Panel::new("quantizer terms (frozen: constant)", &["train/quantizer_loss", "train/commitment_loss", "train/codebook_loss"]),
+            Panel::new("encoder output spread across images (frozen; ~0: collapsed)", &["train/latent_spread"]),
             Panel::new("discriminator: learning rate", &["lr/discriminator"]),
             Panel::new("discriminator: gradient norm", &["grad_norm/discriminator"]),
             Panel::new("EMA eval: PSNR (dB)", &["ema_eval/PSNR"]),

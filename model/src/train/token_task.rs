@@ -161,6 +161,7 @@ impl<S: TokenStage> TokenTask<S> {
                 ("train/masked_token_accuracy".into(), scalar(&acc)),
                 ("train/index_unique_ratio".into(), unique / idx.numel() as f64),
                 ("train/codebook_perplexity".into(), scalar(&entropy.exp())),
+                ("train/latent_spread".into(), scalar(&out.quant.latent_spread)),
             ])
         });
         (total, metrics)
@@ -226,6 +227,7 @@ impl<S: TokenStage> Task for TokenTask<S> {
             Panel::new("masked-token accuracy", &["train/masked_token_accuracy"]),
             Panel::new("codebook use in the batch (unique ids / tokens)", &["train/index_unique_ratio"]),
             Panel::new("codebook perplexity in the batch", &["train/codebook_perplexity"]),
+            Panel::new("encoder output spread across images (~0: collapsed)", &["train/latent_spread"]),
             Panel::new("EMA eval: PSNR (dB)", &["ema_eval/PSNR"]),
             Panel::new("EMA eval: rFID", &["ema_eval/rFID"]),
             Panel::new("EMA eval: codebook usage (fraction of the codebook)", &["ema_eval/CodebookUsage"]),
