@@ -6,9 +6,11 @@
 #
 #   tools/bench-train.sh [WORK_DIR] [REPEATS] [SIZE]     (defaults: /tmp/sftok-bench-train, 3, tiny; SIZE tiny|B)
 #
-# Rows: PyTorch in the reference's mode (the teacher encoder on the fly in every step), PyTorch
-# with precomputed codes, sftok with precomputed codes (its Parquet store), sftok with the teacher
-# on the fly. tiny: batch 8, one thread each (OMP_NUM_THREADS=1 / --threads 1); B: batch 2, two
+# Rows: PyTorch in the reference's mode (the teacher encoder on the fly in every step, fp32: its
+# fp16 autocast is CUDA-only), PyTorch with precomputed codes, sftok with precomputed codes (its
+# Parquet store), sftok with the teacher on the fly; then both with precomputed codes under bf16
+# autocast (training.mixed_precision=bf16 / --precision bf16), which CPUs with AVX512-BF16 or AMX
+# run on their bf16 matmul units. tiny: batch 8, one thread each (OMP_NUM_THREADS=1 / --threads 1); B: batch 2, two
 # threads. sftok's CPU seconds and RSS are the whole process (start-up included), PyTorch's the
 # timed steps and the process's max RSS (includes ~0.7 GB of torch). At tiny size the two teachers
 # differ (the Python script's tiny teacher vs the full MaskGIT-VQGAN sftok's tiny config uses), so
@@ -37,14 +39,14 @@ fi
 [ -d "codes-$px" ] || "$bin/sftok-prep" proxy-codes --teacher random:0 --shards "shards-$px/train" --out "codes-$px" \
   --views 2 --resize-shorter "$px" --crop "$px" --device cpu >/dev/null 2>&1
 
-rs() { # $1 = precomputed | on-the-fly → "img/s cpu_s_per_image peak_rss_mb"
+rs() { # $1 = precomputed | on-the-fly, $2 = no | bf16 → "img/s cpu_s_per_image peak_rss_mb"
   local codes="codes-$px"; [ "$1" = on-the-fly ] && codes=""
   rm -rf out-rs
   /usr/bin/time -f "%U %S %M" -o time.txt "$bin/sftok-train" stage1 --config "$config" --device cpu --teacher random:0 \
     --resume never --workers 1 experiment.output_dir=out-rs experiment.init_weight= "dataset.params.train_proxy_codes_path=$codes" \
     "dataset.params.train_shards_path_or_url=shards-$px/train" "dataset.preprocessing.resize_shorter_edge=$px" \
     "dataset.preprocessing.crop_size=$px" "training.per_gpu_batch_size=$batch" "training.max_train_steps=$((steps + warm))" \
-    training.mixed_precision=no experiment.save_every=1000000 experiment.generate_every=0 experiment.eval_every=0 \
+    "training.mixed_precision=$2" experiment.save_every=1000000 experiment.generate_every=0 experiment.eval_every=0 \
     experiment.log_every=1000000 >/dev/null 2>&1
   "$py" - "$warm" "$batch" "$((steps + warm))" <<'PY'
 import json, statistics, sys
@@ -54,8 +56,8 @@ u, s, m = open("time.txt").read().split()
 print(statistics.median(r["samples/sec"] for r in rows), (float(u) + float(s)) / (batch * total), int(m) / 1024)
 PY
 }
-pyb() { # $1 = on-the-fly | precomputed
-  "$py" "$bench/bench_train_py.py" --size "$size" --batch "$batch" --steps "$steps" --warmup "$warm" --teacher "$1" \
+pyb() { # $1 = on-the-fly | precomputed, $2 = fp32 | bf16
+  "$py" "$bench/bench_train_py.py" --size "$size" --batch "$batch" --steps "$steps" --warmup "$warm" --teacher "$1" --precision "$2" \
     --threads "$pythreads" 2>/dev/null | grep '^RESULT train_py' | tail -1 |
     "$py" -c "
 import sys
@@ -65,17 +67,20 @@ print(ips, cpu, float(kv['peak_mem_mb']))"
 }
 declare -A res
 for _ in $(seq "$repeats"); do
-  res[py_ref]+="$(pyb on-the-fly);"
-  res[py_pre]+="$(pyb precomputed);"
-  res[rs_pre]+="$(rs precomputed);"
-  res[rs_fly]+="$(rs on-the-fly);"
+  res[py_ref]+="$(pyb on-the-fly fp32);"
+  res[py_pre]+="$(pyb precomputed fp32);"
+  res[rs_pre]+="$(rs precomputed no);"
+  res[rs_fly]+="$(rs on-the-fly no);"
+  res[py_bf16]+="$(pyb precomputed bf16);"
+  res[rs_bf16]+="$(rs precomputed bf16);"
 done
-"$py" - "$size" "$batch" "${res[py_ref]}" "${res[py_pre]}" "${res[rs_pre]}" "${res[rs_fly]}" <<'PY'
+"$py" - "$size" "$batch" "${res[py_ref]}" "${res[py_pre]}" "${res[rs_pre]}" "${res[rs_fly]}" "${res[py_bf16]}" "${res[rs_bf16]}" <<'PY'
 import statistics, sys
 size, batch = sys.argv[1], sys.argv[2]
-names = ["PyTorch, teacher on the fly (reference mode)", "PyTorch, precomputed codes", "sftok, precomputed codes", "sftok, teacher on the fly"]
+names = ["PyTorch, teacher on the fly (reference mode)", "PyTorch, precomputed codes", "sftok, precomputed codes",
+         "sftok, teacher on the fly", "PyTorch, precomputed codes, bf16 autocast", "sftok, precomputed codes, bf16 autocast"]
 med = []
-print(f"SFTok-{size} stage 1, batch {batch}, fp32, CPU")
+print(f"SFTok-{size} stage 1, batch {batch}, CPU; fp32 unless the row says bf16")
 print(f"{'row':46} {'img/s (median)':>15} {'CPU s/img':>10} {'peak RSS MB':>12}  runs img/s")
 for name, arg in zip(names, sys.argv[3:]):
     runs = [list(map(float, r.split())) for r in arg.strip(";").split(";")]
@@ -83,5 +88,6 @@ for name, arg in zip(names, sys.argv[3:]):
     med.append(m[0])
     print(f"{name:46} {m[0]:15.3f} {m[1]:10.3f} {m[2]:12.0f}  {', '.join(f'{r[0]:.3f}' for r in runs)}")
 print(f"RESULT train_ratio size={size} ours_precomputed_vs_reference_mode={med[2] / med[0]:.2f} "
-      f"ours_vs_pytorch_like_for_like={med[2] / med[1]:.2f} ours_on_the_fly_vs_reference_mode={med[3] / med[0]:.2f}")
+      f"ours_vs_pytorch_like_for_like={med[2] / med[1]:.2f} ours_on_the_fly_vs_reference_mode={med[3] / med[0]:.2f} "
+      f"ours_bf16_vs_reference_mode={med[5] / med[0]:.2f} ours_bf16_vs_pytorch_bf16={med[5] / med[4]:.2f}")
 PY
