@@ -187,7 +187,7 @@ impl SampleFlags {
             softmax_temperature_annealing: Some(self.softmax_temperature_annealing),
             num_steps: self.num_steps,
         };
-        let (rank, world_size) = sftok_pipeline::loader::sources::rank_and_world(None, None)?;
+        let sftok_pipeline::launch_env::ProcessEnv { rank, world_size, .. } = sftok_pipeline::launch_env::ProcessEnv::from_env()?;
         let req = sftok_model::eval::sample::SampleRequest {
             generator,
             generator_config: self.generator_config,

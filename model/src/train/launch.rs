@@ -112,9 +112,8 @@ impl LossWeights {
 
 /// The training stream of the config: shards (+ proxy codes), train transform, seeded order;
 /// this rank's share of the shards.
-fn loader_config(cfg: &Config, args: &TrainArgs, codes: Option<PathBuf>) -> Result<LoaderConfig> {
+fn loader_config(cfg: &Config, args: &TrainArgs, env: &ProcessEnv, codes: Option<PathBuf>) -> Result<LoaderConfig> {
     let d = &cfg.dataset;
-    let (rank, world_size) = sftok_pipeline::loader::sources::rank_and_world(args.rank, args.world_size)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut lc = LoaderConfig::train(vec![d.params.train_shards_path_or_url.clone()]);
     lc.batch_size = cfg.training.per_gpu_batch_size as usize;
@@ -124,8 +123,8 @@ fn loader_config(cfg: &Config, args: &TrainArgs, codes: Option<PathBuf>) -> Resu
     lc.random_flip = d.preprocessing.random_flip;
     lc.seed = cfg.training.seed;
     lc.shuffle_buffer = d.params.shuffle_buffer_size as usize;
-    lc.rank = rank;
-    lc.world_size = world_size;
+    lc.rank = env.rank;
+    lc.world_size = env.world_size;
     lc.workers = args.workers.unwrap_or((d.params.num_workers_per_gpu as usize).clamp(1, cores));
     lc.codes = codes;
     Ok(lc)
@@ -143,8 +142,8 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
         unsafe { std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1") };
     }
     match job {
-        TrainJob::Stage3 => return run_stage3(cfg, device, dist, args),
-        TrainJob::Generator => return run_generator(cfg, device, dist, args),
+        TrainJob::Stage3 => return run_stage3(cfg, device, &env, dist, args),
+        TrainJob::Generator => return run_generator(cfg, device, &env, dist, args),
         _ => {}
     }
     let with_codes = !cfg.dataset.params.train_proxy_codes_path.is_empty();
@@ -174,7 +173,7 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
             bail!("dataset.params.train_proxy_codes_path = {} holds `{}` output, not proxy codes: run `sftok-prep proxy-codes`", dir.display(), content.command());
         }
     }
-    let data = data_factory(loader_config(&cfg, &args, codes)?);
+    let data = data_factory(loader_config(&cfg, &args, &env, codes)?);
     let fit_opts = fit_options(&cfg, device, dist, &args);
     let task_opts = TokenTaskOptions { config: cfg, device, init: args.init.clone(), teacher, eval };
     run_job(job, task_opts, fit_opts, data)
@@ -182,7 +181,7 @@ pub fn run(job: TrainJob, args: TrainArgs) -> Result<FitSummary> {
 
 /// Stage 3: no proxy codes; the teacher (of `model.pixel_decoder`'s sizes) only initialises the
 /// pixel modules; the loss networks come from [`LossWeights`].
-fn run_stage3(cfg: Config, device: tch::Device, dist: Option<Arc<Dist>>, args: TrainArgs) -> Result<FitSummary> {
+fn run_stage3(cfg: Config, device: tch::Device, env: &ProcessEnv, dist: Option<Arc<Dist>>, args: TrainArgs) -> Result<FitSummary> {
     let teacher = match &args.teacher {
         Some(spec) => {
             if spec.starts_with("random:") {
@@ -195,7 +194,7 @@ fn run_stage3(cfg: Config, device: tch::Device, dist: Option<Arc<Dist>>, args: T
     };
     let frozen = args.loss_weights.load(&cfg.losses, device)?;
     let eval = eval_setup(&cfg, &args, device)?;
-    let data = data_factory(loader_config(&cfg, &args, None)?);
+    let data = data_factory(loader_config(&cfg, &args, env, None)?);
     let fit_opts = fit_options(&cfg, device, dist, &args);
     let task = Stage3Options { config: cfg, device, init: args.init.clone(), teacher, frozen, eval };
     fit(&mut Stage3Task::new(task)?, fit_opts, data)
@@ -203,7 +202,7 @@ fn run_stage3(cfg: Config, device: tch::Device, dist: Option<Arc<Dist>>, args: T
 
 /// The generator: stored tokens (`dataset.params.pretokenization`) joined to the shards, or the
 /// tokenizer on the fly; the tokenizer also decodes the sample previews.
-fn run_generator(cfg: Config, device: tch::Device, dist: Option<Arc<Dist>>, args: TrainArgs) -> Result<FitSummary> {
+fn run_generator(cfg: Config, device: tch::Device, env: &ProcessEnv, dist: Option<Arc<Dist>>, args: TrainArgs) -> Result<FitSummary> {
     let stored = PathBuf::from(&cfg.dataset.params.pretokenization);
     let with_tokens = !cfg.dataset.params.pretokenization.is_empty();
     let checkpoint = args.tokenizer.clone().or_else(|| (!cfg.experiment.tokenizer_checkpoint.is_empty()).then(|| PathBuf::from(&cfg.experiment.tokenizer_checkpoint)));
@@ -224,7 +223,7 @@ fn run_generator(cfg: Config, device: tch::Device, dist: Option<Arc<Dist>>, args
     } else if tokenizer.is_some() {
         eprintln!("tokenizing every batch on the fly (the reference's way; `sftok-prep tokenize` once is faster)");
     }
-    let mut lc = loader_config(&cfg, &args, with_tokens.then_some(stored))?;
+    let mut lc = loader_config(&cfg, &args, env, with_tokens.then_some(stored))?;
     // Stored tokens and labels are all a step needs: no JPEG decoding.
     lc.decode_pixels = !with_tokens;
     let data = data_factory(lc);

@@ -113,13 +113,6 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// (rank, world size) from explicit flags, else the launcher's environment (torchrun's `RANK` /
-/// `WORLD_SIZE`, Slurm's `SLURM_PROCID` / `SLURM_NTASKS`), else (0, 1).
-pub fn rank_and_world(rank: Option<usize>, world_size: Option<usize>) -> Result<(usize, usize)> {
-    let p = crate::launch_env::ProcessEnv::from_env()?.with_overrides(rank, world_size)?;
-    Ok((p.rank, p.world_size))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
