@@ -193,7 +193,8 @@ impl Dist {
         let tensors: Vec<&Tensor> = named.values().collect();
         tch::no_grad(|| {
             for bucket in buckets(&tensors) {
-                let flat = flatten(&bucket);
+                let flat = flat_buffer(&bucket);
+                pack(&flat, &bucket);
                 self.pg.broadcast_start(&flat, 0)?.wait().map_err(|e| self.failure("broadcasting the parameters from rank 0", e))?;
                 unflatten(&flat, &bucket);
             }
@@ -227,7 +228,7 @@ impl Dist {
             let mut buffers = self.grad_buffers.lock().map_err(|_| anyhow!("the gradient buffers' lock is poisoned"))?;
             let layout = buckets(&refs);
             if buffers.len() != layout.len() || buffers.iter().zip(&layout).any(|(f, b)| !fits(f, b)) {
-                *buffers = layout.iter().map(|b| Tensor::empty([numel(b)], (b[0].kind(), b[0].device()))).collect();
+                *buffers = layout.iter().map(|b| flat_buffer(b)).collect();
             }
             let mut flying = Vec::new();
             for (bucket, flat) in layout.into_iter().zip(buffers.iter()) {
@@ -332,9 +333,9 @@ fn buckets<'a>(tensors: &[&'a Tensor]) -> Vec<Vec<&'a Tensor>> {
     out
 }
 
-fn flatten(bucket: &[&Tensor]) -> Tensor {
-    let views: Vec<Tensor> = bucket.iter().map(|t| t.reshape([-1])).collect();
-    Tensor::cat(&views, 0)
+/// An uninitialised flat tensor the size, kind and device of `bucket`.
+fn flat_buffer(bucket: &[&Tensor]) -> Tensor {
+    Tensor::empty([numel(bucket)], (bucket[0].kind(), bucket[0].device()))
 }
 
 fn numel(bucket: &[&Tensor]) -> i64 {
