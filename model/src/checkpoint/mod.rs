@@ -68,14 +68,12 @@ fn read_inner(path: &Path) -> Result<StateDict> {
     if path.is_dir() {
         return read(&hf_weights_file(path)?);
     }
-    let mut head = [0u8; 8];
-    let n = std::fs::File::open(path)
-        .with_context(|| "cannot open the file (check the path)")?
-        .read(&mut head)?;
-    let head = &head[..n];
+    // The 8-byte safetensors header length and the JSON's first byte; enough for the other formats.
+    let mut head = Vec::with_capacity(9);
+    std::fs::File::open(path).with_context(|| "cannot open the file (check the path)")?.take(9).read_to_end(&mut head)?;
     // safetensors first, by its structure: its first byte is the low byte of the header length,
     // which is 0x80 — a pickle's PROTO opcode — for one header size in 256.
-    if looks_like_safetensors(path)? {
+    if looks_like_safetensors(&head) {
         let tensors = Tensor::read_safetensors(path).map_err(|e| anyhow!("safetensors: {e}"))?;
         Ok(StateDict { tensors })
     } else if path.extension().is_some_and(|e| e == "safetensors") {
@@ -89,15 +87,11 @@ fn read_inner(path: &Path) -> Result<StateDict> {
     }
 }
 
-fn looks_like_safetensors(path: &Path) -> Result<bool> {
-    let mut f = std::fs::File::open(path)?;
-    let mut len = [0u8; 8];
-    if f.read(&mut len)? < 8 {
-        return Ok(false);
-    }
-    let n = u64::from_le_bytes(len);
-    let mut first = [0u8; 1];
-    Ok(n > 1 && n < 100_000_000 && f.read(&mut first)? == 1 && first[0] == b'{')
+/// A little-endian u64 header length of a plausible size, then the header's JSON object.
+fn looks_like_safetensors(head: &[u8]) -> bool {
+    let Some((len, rest)) = head.split_first_chunk::<8>() else { return false };
+    let n = u64::from_le_bytes(*len);
+    n > 1 && n < 100_000_000 && rest.first() == Some(&b'{')
 }
 
 /// Hugging Face-style directory: `model.safetensors` preferred, else `pytorch_model.bin`.
