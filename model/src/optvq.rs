@@ -36,11 +36,18 @@ pub struct QuantizerOutput {
     pub codebook_loss: Tensor,
     /// [B, 1, N] int64 in [0, K).
     pub min_encoding_indices: Tensor,
+    /// The l2-normalised encoder output [B, 1, N, D], detached (for [`QuantizerOutput::latent_spread`]).
+    pub z_n: Tensor,
+}
+
+impl QuantizerOutput {
     /// Not in the reference: the spread of the l2-normalised encoder output across the batch's
-    /// images (population std over B, averaged over tokens and channels; no gradient). About 0
-    /// when the encoder's output no longer depends on the image (collapse): the codes still
-    /// differ then, because the balanced assignment spreads identical tokens over the codebook.
-    pub latent_spread: Tensor,
+    /// images (population std over B, averaged over tokens and channels). About 0 when the
+    /// encoder's output no longer depends on the image (collapse): the codes still differ then,
+    /// because the balanced assignment spreads identical tokens over the codebook.
+    pub fn latent_spread(&self) -> f64 {
+        self.z_n.std_dim(0, false, false).mean(Kind::Float).double_value(&[])
+    }
 }
 
 /// `F.normalize(v, p=2, dim=-1, eps=1e-12)`.
@@ -109,13 +116,12 @@ impl OptVq {
         let quantizer_loss = &commitment_loss + &codebook_loss;
         // Straight-through estimator; the value z_n + (z_q − z_n) is kept exactly (rounding).
         let z_q_ste = &z_n + (&z_q - &z_n).detach();
-        let latent_spread = tch::no_grad(|| z_n.std_dim(0, false, false).mean(Kind::Float));
         let out = QuantizerOutput {
             quantizer_loss,
             commitment_loss,
             codebook_loss,
             min_encoding_indices: indices.view([b, 1, n]),
-            latent_spread,
+            z_n: z_n.detach(),
         };
         (z_q_ste.permute([0, 3, 1, 2]), out)
     }
@@ -141,9 +147,9 @@ mod tests {
         v[0] = 3.0;
         v[8 + 1] = 0.5;
         let z = Tensor::from_slice(&v).reshape([2, 1, 1, 8]).permute([0, 3, 1, 2]); // [B, D, 1, N]
-        let spread = q.forward(&z).1.latent_spread.double_value(&[]);
+        let spread = q.forward(&z).1.latent_spread();
         assert!((spread - 0.125).abs() < 1e-7, "{spread}");
         let same = Tensor::randn([1, 8, 1, 3], (Kind::Float, tch::Device::Cpu)).repeat([4, 1, 1, 1]);
-        assert_eq!(q.forward(&same).1.latent_spread.double_value(&[]), 0.0);
+        assert_eq!(q.forward(&same).1.latent_spread(), 0.0);
     }
 }

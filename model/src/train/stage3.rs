@@ -244,7 +244,7 @@ impl Task for Stage3Task {
         let idx = out.quant.min_encoding_indices.flatten(0, -1);
         let unique = idx.bincount(None::<Tensor>, self.model.cfg.quantizer.codebook_size).gt(0.0).sum(Kind::Int64).int64_value(&[]);
         metrics.insert("train/index_unique_ratio".into(), unique as f64 / idx.numel() as f64);
-        metrics.insert("train/latent_spread".into(), out.quant.latent_spread.double_value(&[]));
+        metrics.insert("train/latent_spread".into(), out.quant.latent_spread());
         self.pending = Some(Pending { x: x.shallow_clone(), x_hat: x_hat.detach(), global_step: ctx.global_step });
         self.last_images = Some(x);
         Ok(StepOutput { loss, metrics })

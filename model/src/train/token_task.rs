@@ -161,7 +161,7 @@ impl<S: TokenStage> TokenTask<S> {
                 ("train/masked_token_accuracy".into(), scalar(&acc)),
                 ("train/index_unique_ratio".into(), unique / idx.numel() as f64),
                 ("train/codebook_perplexity".into(), scalar(&entropy.exp())),
-                ("train/latent_spread".into(), scalar(&out.quant.latent_spread)),
+                ("train/latent_spread".into(), out.quant.latent_spread()),
             ])
         });
         (total, metrics)
