@@ -3,8 +3,8 @@
 // needs. tch 0.26 exposes none of it. ProcessGroupNCCL lives in sftok_c10d_nccl.cpp (cargo
 // feature `nccl`), so CPU machines build without CUDA headers.
 //
-// Every function returns NULL on success or a malloc'd message (free it with sftok_c10d_free):
-// a c10d exception (a peer that went away, a timeout, a busy port) must never abort the process.
+// Every function returns NULL on success or a malloc'd message (sftok_guarded.h): a c10d
+// exception (a peer that went away, a timeout, a busy port) must never abort the process.
 // Tensors arrive as `at::Tensor*` (what tch's `Tensor::as_ptr` points at).
 
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
@@ -33,8 +33,6 @@ std::chrono::milliseconds ms(int64_t v) { return std::chrono::milliseconds(v); }
 }  // namespace
 
 extern "C" {
-
-void sftok_c10d_free(char* message) { std::free(message); }
 
 char* sftok_c10d_tcp_store(const char* host, uint16_t port, int is_server, int world_size, int64_t timeout_ms,
                            sftok_store** out) {

@@ -6,9 +6,9 @@
 #include <torch/csrc/distributed/c10d/Store.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
+
+#include "sftok_guarded.h"
 
 #define SFTOK_REDUCE_SUM 0
 #define SFTOK_REDUCE_MAX 1
@@ -23,23 +23,3 @@ struct sftok_work {
   c10::intrusive_ptr<c10d::Work> work;
 };
 
-namespace sftok {
-inline char* message(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out) std::memcpy(out, s.c_str(), s.size() + 1);
-  return out;
-}
-
-// Runs `f`; NULL on success, else the exception's message (malloc'd).
-template <typename F>
-char* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return message(e.what());
-  } catch (...) {
-    return message("unknown C++ exception");
-  }
-}
-}  // namespace sftok

@@ -10,6 +10,7 @@ pub mod disc_loss;
 pub mod dist;
 pub mod doctor;
 pub mod eval;
+mod ffi;
 pub mod handoff;
 pub mod image_bert;
 pub mod inception;

@@ -6,7 +6,7 @@
 //! runs reproduce the reference bit for bit.
 
 use crate::config::MaskSchedule;
-use crate::transformer::ResidualAttentionBlock;
+use crate::transformer::{ResidualAttentionBlock, run_blocks};
 use std::f64::consts::FRAC_PI_2;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -119,11 +119,8 @@ impl MultiStepDecoder {
         let e = Tensor::embedding(&self.learnable_embedding, ids, -1, false, false); // [B, L, W]
         let cls = self.class_embedding.unsqueeze(0).expand([b, 1, w], false);
         let e = Tensor::cat(&[cls, e], 1) + &self.learnable_embedding_positional_embedding;
-        let mut s = self.ln_pre.forward(&Tensor::cat(&[e, c], 1)); // [B, 1+L+N, W]
-        for block in &self.transformer {
-            s = block.forward(&s);
-        }
-        let x = self.ln_post.forward(&s.narrow(1, 1, l)); // [B, L, W]
+        let s = self.ln_pre.forward(&Tensor::cat(&[e, c], 1)); // [B, 1+L+N, W]
+        let x = self.ln_post.forward(&run_blocks(&self.transformer, s, 1, l)); // [B, L, W]: the proxy-code rows
         let g = (l as f64).sqrt() as i64;
         let x = x.transpose(1, 2).reshape([b, w, g, g]);
         let x = self.ffn2.forward(&self.ffn0.forward(&x).tanh()); // [B, V, g, g]

@@ -1,7 +1,7 @@
 //! `TiTokEncoder` (prefix `encoder.`): ViT over 16×16 patches plus learnable latent tokens
 //! (../shared/spec/sftok-model.md §4). Output z: [B, token_size, 1, num_latent_tokens].
 
-use crate::transformer::ResidualAttentionBlock;
+use crate::transformer::{ResidualAttentionBlock, run_blocks};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -59,12 +59,9 @@ impl TiTokEncoder {
         let cls = self.class_embedding.unsqueeze(0).expand([b, 1, w], false);
         let t = Tensor::cat(&[cls, patches], 1) + &self.positional_embedding; // [B, P+1, W]
         let latents = (latent_tokens + &self.latent_token_positional_embedding).unsqueeze(0).expand([b, n, w], false);
-        let mut t = self.ln_pre.forward(&Tensor::cat(&[t, latents], 1)); // [B, P+1+N, W]
-        for block in &self.transformer {
-            t = block.forward(&t);
-        }
+        let t = self.ln_pre.forward(&Tensor::cat(&[t, latents], 1)); // [B, P+1+N, W]
         let first = t.size()[1] - n;
-        let u = self.ln_post.forward(&t.narrow(1, first, n)); // [B, N, W]
+        let u = self.ln_post.forward(&run_blocks(&self.transformer, t, first, n)); // [B, N, W]: the latent tokens
         // Legacy reshape (is_legacy = True): reinterpret the row-major [N, W] matrix as [W, N] —
         // not a transpose. The released weights depend on it.
         let u = u.contiguous().view([b, w, n, 1]);

@@ -5,6 +5,12 @@
 //!
 //! The reference runs sequence-first [L, B, W]; we run batch-first [B, L, W] (a layout convention
 //! only). Attention uses libtorch's scaled_dot_product_attention as PyTorch's MHA does.
+//!
+//! The encoder keeps only its latent tokens' rows after the last block, and the decoder only its
+//! proxy-code rows; [`run_blocks`] computes the last block's queries, attention output and MLP for
+//! those rows alone (the other rows still give their keys and values). The kept rows' values are
+//! the full block's, up to float32 rounding; the work saved is ~4 % of an SFTok-B training step
+//! (encoder: 257 of 321 rows of the last layer, forward and backward).
 
 use tch::nn::{self, Module};
 use tch::Tensor;
@@ -39,6 +45,27 @@ impl ResidualAttentionBlock {
     }
 }
 
+impl ResidualAttentionBlock {
+    /// The block's output at rows `start .. start + len` only: x [B, L, W] → [B, len, W]. Keys and
+    /// values come from every row; queries, the attention output and the MLP only from the kept ones.
+    pub fn forward_rows(&self, x: &Tensor, start: i64, len: i64) -> Tensor {
+        let (b, l, w) = x.size3().expect("[B, L, W]");
+        let hd = w / self.n_head;
+        let h = self.ln_1.forward(x);
+        // in_proj_weight stacks [W_q; W_k; W_v]: K and V for all rows, Q for the kept ones.
+        let kv = h.linear(&self.in_proj_weight.narrow(0, w, 2 * w), Some(&self.in_proj_bias.narrow(0, w, 2 * w))); // [B, L, 2W]
+        let q = h.narrow(1, start, len).linear(&self.in_proj_weight.narrow(0, 0, w), Some(&self.in_proj_bias.narrow(0, 0, w))); // [B, len, W]
+        let heads = |t: Tensor, rows: i64| t.view([b, rows, self.n_head, hd]).transpose(1, 2); // [B, H, rows, hd]
+        let kv = kv.split(w, -1);
+        let (q, k, v) = (heads(q, len), heads(kv[0].shallow_clone(), l), heads(kv[1].shallow_clone(), l));
+        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let a = self.out_proj.forward(&a.transpose(1, 2).reshape([b, len, w]));
+        let x = x.narrow(1, start, len) + a;
+        let h = self.c_fc.forward(&self.ln_2.forward(&x)).gelu("none"); // exact (erf) GELU
+        x + self.c_proj.forward(&h)
+    }
+}
+
 impl Module for ResidualAttentionBlock {
     /// x: [B, L, W] → [B, L, W]
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -53,5 +80,42 @@ impl Module for ResidualAttentionBlock {
         let x = x + a;
         let h = self.c_fc.forward(&self.ln_2.forward(&x)).gelu("none"); // exact (erf) GELU
         x + self.c_proj.forward(&h)
+    }
+}
+
+/// `blocks` in sequence over x [B, L, W], keeping rows `start .. start + len` of the last one's
+/// output → [B, len, W] (what `x = block(x)` for every block, then `x[:, start:start+len]`, gives).
+pub fn run_blocks(blocks: &[ResidualAttentionBlock], x: Tensor, start: i64, len: i64) -> Tensor {
+    let Some((last, rest)) = blocks.split_last() else { return x.narrow(1, start, len) };
+    let x = rest.iter().fold(x, |x, block| block.forward(&x));
+    last.forward_rows(&x, start, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// The last block computed for some rows equals the full block's rows, values and gradients.
+    #[test]
+    fn forward_rows_is_the_full_block_at_those_rows() {
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let blocks: Vec<ResidualAttentionBlock> = (0..2).map(|i| ResidualAttentionBlock::new(vs.root() / i, 32, 4)).collect();
+        let x = Tensor::randn([3, 11, 32], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let (start, len) = (7, 4);
+        let full = blocks.iter().fold(x.shallow_clone(), |t, b| b.forward(&t)).narrow(1, start, len);
+        let kept = run_blocks(&blocks, x.shallow_clone(), start, len);
+        assert_eq!(kept.size(), [3, len, 32]);
+        let d = (&full - &kept).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "values differ by {d:e}");
+        // Gradients through every row's keys and values, with a weighting that differs per row.
+        let w = Tensor::randn([3, len, 32], (Kind::Float, Device::Cpu));
+        let g_full = Tensor::run_backward(&[(&full * &w).sum(Kind::Float)], &[&x], false, false).remove(0);
+        let g_kept = Tensor::run_backward(&[(&kept * &w).sum(Kind::Float)], &[&x], false, false).remove(0);
+        let dg = (&g_full - &g_kept).abs().max().double_value(&[]);
+        assert!(dg < 1e-5, "input gradients differ by {dg:e}");
+        // Rows before `start` reach the kept rows only through keys and values: their gradient is not 0.
+        assert!(g_kept.narrow(1, 0, start).abs().max().double_value(&[]) > 1e-3);
     }
 }

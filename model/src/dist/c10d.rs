@@ -2,7 +2,8 @@
 //! C++ exception comes back as an `Err` carrying c10d's message; nothing aborts.
 
 use anyhow::{Result, anyhow};
-use std::ffi::{CStr, CString, c_char};
+use crate::ffi::{AtTensor, check};
+use std::ffi::{CString, c_char};
 use std::path::Path;
 use std::time::Duration;
 use tch::Tensor;
@@ -20,11 +21,7 @@ struct RawWork {
     _private: [u8; 0],
 }
 
-// `*const tch::Tensor`'s target is tch's C_tensor, which is an `at::Tensor`.
-type AtTensor = std::ffi::c_void;
-
 unsafe extern "C" {
-    fn sftok_c10d_free(message: *mut c_char);
     fn sftok_c10d_tcp_store(host: *const c_char, port: u16, is_server: i32, world_size: i32, timeout_ms: i64, out: *mut *mut RawStore) -> *mut c_char;
     fn sftok_c10d_file_store(path: *const c_char, world_size: i32, timeout_ms: i64, out: *mut *mut RawStore) -> *mut c_char;
     fn sftok_c10d_prefix_store(base: *mut RawStore, prefix: *const c_char, out: *mut *mut RawStore) -> *mut c_char;
@@ -41,16 +38,6 @@ unsafe extern "C" {
     fn sftok_c10d_broadcast_start(pg: *mut RawPg, t: *const AtTensor, root: i32, out: *mut *mut RawWork) -> *mut c_char;
     fn sftok_c10d_barrier_start(pg: *mut RawPg, out: *mut *mut RawWork) -> *mut c_char;
     fn sftok_c10d_work_wait(w: *mut RawWork) -> *mut c_char;
-}
-
-/// NULL → Ok; a message → Err (the message freed).
-fn check(err: *mut c_char) -> Result<()> {
-    if err.is_null() {
-        return Ok(());
-    }
-    let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().trim().to_string();
-    unsafe { sftok_c10d_free(err) };
-    Err(anyhow!("{msg}"))
 }
 
 fn cstr(s: &str) -> Result<CString> {

@@ -244,10 +244,10 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
         if sync && let Some(d) = &dist {
             d.average_gradients(&trainable, st.global_step + 1)?;
         }
-        let update = if sync { optimizer_step(&mut st, &mut opt, &trainable, &groups, &schedule, cfg, precision, &log) } else { None };
+        let update = if sync { optimizer_step(&mut st, &mut opt, &trainable, &groups, &schedule, cfg, precision, &log)? } else { None };
         if update.is_some() {
             if let Some(ema) = &mut ema {
-                ema.update(&vars);
+                ema.update(&vars)?;
                 st.ema_step = ema.optimization_step;
             }
             st.global_step += 1;
@@ -350,7 +350,7 @@ fn optimizer_step(
     cfg: &Config,
     precision: Precision,
     log: &RunLog,
-) -> Option<Update> {
+) -> Result<Option<Update>> {
     if st.loss_scale != 1.0 {
         tch::no_grad(|| {
             for p in trainable {
@@ -368,7 +368,7 @@ fn optimizer_step(
         st.loss_scale_good_steps = 0;
         opt.zero_grad();
         log.line(&format!("step {}: non-finite gradient norm; update skipped, loss scale {}", st.global_step + 1, st.loss_scale));
-        return None;
+        return Ok(None);
     }
     if precision == Precision::Fp16Autocast {
         st.loss_scale_good_steps += 1;
@@ -377,7 +377,7 @@ fn optimizer_step(
         }
     }
     let lr = schedule.lr(st.global_step);
-    opt.step(lr);
+    opt.step(lr)?;
     // The reference logs gradient norms after the update, before zeroing (clipped values).
     let every = cfg.experiment.log_grad_norm_every;
     let grad_norms = (every > 0 && (st.global_step + 1).is_multiple_of(every)).then(|| GradNorms {
@@ -385,7 +385,7 @@ fn optimizer_step(
         parameters: per_parameter_grad_norms(groups),
     });
     opt.zero_grad();
-    Some(Update { lr, grad_norm, grad_norms })
+    Ok(Some(Update { lr, grad_norm, grad_norms }))
 }
 
 fn per_parameter_grad_norms(groups: &[super::optim::ParamGroup]) -> Metrics {

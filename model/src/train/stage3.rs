@@ -265,7 +265,7 @@ impl Task for Stage3Task {
             let norm = clip_grad_norm(&params, self.cfg.training.max_grad_norm);
             if norm.is_finite() {
                 let lr = self.d_schedule.lr(self.d_steps);
-                self.d_opt.step(lr);
+                self.d_opt.step(lr)?;
                 self.d_steps += 1;
                 metrics.insert("lr/discriminator".into(), lr);
             }
