@@ -35,6 +35,9 @@ fn cuda(i: usize) -> Result<Device> {
     if i >= n {
         bail!("--device cuda:{i}: only {n} CUDA device(s) visible (cuda:0..cuda:{}).", n - 1);
     }
+    // The reference's `torch.backends.cudnn.benchmark = True`: cuDNN times its convolution
+    // algorithms per input shape once and keeps the fastest (the shapes here are fixed).
+    tch::Cuda::cudnn_set_benchmark(true);
     Ok(Device::Cuda(i))
 }
 

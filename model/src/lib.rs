@@ -3,6 +3,7 @@
 pub mod autocast;
 pub mod checkpoint;
 pub mod config;
+pub mod conv_layout;
 pub mod device;
 pub mod diff_aug;
 pub mod dino_discriminator;

@@ -346,5 +346,6 @@ pub fn load_lpips(vgg16: &str, lin: &str, device: Device) -> Result<(nn::VarStor
     let mut sd = vgg_sd;
     sd.tensors.extend(lin_sd.tensors);
     lpips.load_state_dict(&sd, &format!("LPIPS weights (VGG16 from {vgg16}, linear layers from {lin})"))?;
+    crate::conv_layout::prefer_channels_last(&vs, "")?;
     Ok((vs, lpips))
 }

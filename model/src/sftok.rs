@@ -273,6 +273,7 @@ impl LoadedSFTok {
         crate::checkpoint::load_into(&vs, &sd, true)
             .with_context(|| format!("loading {} into the model of its config (model.vq_model.finetune_decoder = {}, decoder size {:?})",
                 checkpoint.display(), config.model.vq_model.finetune_decoder, config.model.decoder.vit_dec_model_size))?;
+        crate::conv_layout::prefer_channels_last(&vs, "pixel_decoder.")?;
         Ok(LoadedSFTok { vs, model, config })
     }
 

@@ -305,13 +305,15 @@ pub fn load_teacher(spec: &str, device: tch::Device) -> Result<(nn::VarStore, Ma
 /// As [`load_teacher`] with other sizes (`random:SEED` teachers of tiny stage-3 models).
 pub fn load_teacher_sized(spec: &str, cfg: &VqganConfig, device: tch::Device) -> Result<(nn::VarStore, MaskgitVqgan)> {
     let vs = nn::VarStore::new(device);
-    if let Some(seed) = crate::checkpoint::random_weights_seed(spec) {
+    let model = if let Some(seed) = crate::checkpoint::random_weights_seed(spec) {
         tch::manual_seed(seed?);
+        MaskgitVqgan::new(&vs.root(), cfg)
+    } else {
         let model = MaskgitVqgan::new(&vs.root(), cfg);
-        return Ok((vs, model));
-    }
-    let model = MaskgitVqgan::new(&vs.root(), cfg);
-    crate::checkpoint::load_file(&vs, std::path::Path::new(spec))
-        .map_err(|e| e.context("loading the MaskGIT-VQGAN teacher (maskgit-vqgan-imagenet-f16-256.bin from the TiTok release)"))?;
+        crate::checkpoint::load_file(&vs, std::path::Path::new(spec))
+            .map_err(|e| e.context("loading the MaskGIT-VQGAN teacher (maskgit-vqgan-imagenet-f16-256.bin from the TiTok release)"))?;
+        model
+    };
+    crate::conv_layout::prefer_channels_last(&vs, "")?;
     Ok((vs, model))
 }

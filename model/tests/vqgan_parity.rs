@@ -2,6 +2,7 @@
 //! the sidecar (`config`, `quantizer`, `tensors`).
 
 use sftok_model::checkpoint::{self, StateDict};
+use sftok_model::conv_layout;
 use sftok_model::vqgan::{MaskgitVqgan, VqganConfig};
 use sftok_testkit_tch::{self as tk, Sidecar};
 use tch::nn::{self, Module};
@@ -19,8 +20,9 @@ fn tiny_config(side: &Sidecar) -> VqganConfig {
     }
 }
 
-#[test]
-fn tiny_teacher_matches_the_reference() {
+/// The teacher against the fixture: `channels_last` converts its conv weights first, as a CUDA
+/// device does (`conv_layout`), so the layout the GPU runs is checked here on the CPU.
+fn teacher_matches_the_reference(channels_last: bool) {
     let fx = tk::Fixture::load("maskgit-vqgan-tiny");
     let vs = nn::VarStore::new(Device::Cpu);
     let model = MaskgitVqgan::new(&vs.root(), &tiny_config(&fx.side));
@@ -28,10 +30,21 @@ fn tiny_teacher_matches_the_reference() {
     // Strict: exactly the reference's keys, as many as the sidecar lists.
     assert_eq!(sd.tensors.len(), fx.side.tensor_names("weights.").len());
     assert_eq!(vs.variables().len(), sd.tensors.len());
+    if channels_last {
+        let n = conv_layout::to_channels_last(&vs, "").unwrap();
+        assert_eq!(n, vs.variables().values().filter(|t| t.dim() == 4).count());
+    }
     checkpoint::load_into(&vs, &sd, true).unwrap();
+    // Loading copies into the weights, which keeps their layout (a 1×1 kernel is both layouts at once).
+    let convs: Vec<tch::Tensor> = vs.variables().into_values().filter(|t| t.dim() == 4).collect();
+    assert!(convs.iter().all(|t| if channels_last { conv_layout::is_channels_last(t) } else { t.is_contiguous() }));
+    assert!(channels_last || convs.iter().any(|t| !conv_layout::is_channels_last(t)));
 
     let x = fx.get("input.x");
     let feats = tch::no_grad(|| model.encoder.forward(x));
+    if channels_last {
+        assert!(conv_layout::is_channels_last(&feats), "the layout runs through the net");
+    }
     fx.assert_close("expect.encoder.features", &feats);
     let (z_q, _) = model.quantize.forward(&feats);
     fx.assert_close("expect.quantize.z_q", &z_q);
@@ -42,6 +55,16 @@ fn tiny_teacher_matches_the_reference() {
     fx.assert_close("expect.decoded_raw", &model.decode_raw(&codes).unwrap());
     let given = model.decode(fx.get("input.codes_given")).unwrap();
     fx.assert_close("expect.decoded_given", &given);
+}
+
+#[test]
+fn tiny_teacher_matches_the_reference() {
+    teacher_matches_the_reference(false);
+}
+
+#[test]
+fn tiny_teacher_in_channels_last_matches_the_reference() {
+    teacher_matches_the_reference(true);
 }
 
 #[test]

@@ -143,6 +143,7 @@ impl Stage3Task {
         tch::manual_seed(cfg.training.seed as i64);
         let vs = nn::VarStore::new(o.device);
         let model = SFTok::new(&vs.root(), &SFTokConfig::from_config(&cfg)?);
+        crate::conv_layout::prefer_channels_last(&vs, "pixel_decoder.")?;
         freeze(&vs);
         let loss_vs = nn::VarStore::new(o.device);
         let loss = Stage3Loss::new(&loss_vs, &cfg.losses, o.frozen)?;
