@@ -184,6 +184,11 @@ impl SFTok {
     /// Training-style forward: encode, mask, decode; stage 3 also decodes pixels.
     pub fn forward(&self, x: &Tensor, proxy_codes: &Tensor, mode: &DecoderInput) -> ForwardOutput {
         let (z_q, quant) = self.encode(x);
+        self.decode_from(z_q, quant, proxy_codes, mode)
+    }
+
+    /// The forward after the encode: mask, decode; stage 3 also decodes pixels.
+    fn decode_from(&self, z_q: Tensor, quant: QuantizerOutput, proxy_codes: &Tensor, mode: &DecoderInput) -> ForwardOutput {
         let (logits, masks, ids) = self.decoder.forward(proxy_codes, &z_q, mode, &self.cfg.masking);
         let decoded_img = self.pixel_decoder.as_ref().map(|_| self.soft_decode(&logits));
         ForwardOutput { logits, masks, ids, quant, decoded_img }
@@ -194,8 +199,30 @@ impl SFTok {
     pub fn generate_guided_mask(&self, x: &Tensor, proxy_codes: &Tensor) -> Tensor {
         tch::no_grad(|| {
             let (z_q, _) = self.encode(x);
-            self.decoder.forward(proxy_codes, &z_q, &DecoderInput::MaskAll, &self.cfg.masking).0
+            self.guidance_logits(&z_q, proxy_codes)
         })
+    }
+
+    /// The all-masked decoder pass of the guidance on a given z_q, without gradient.
+    fn guidance_logits(&self, z_q: &Tensor, proxy_codes: &Tensor) -> Tensor {
+        tch::no_grad(|| self.decoder.forward(proxy_codes, &z_q.detach(), &DecoderInput::MaskAll, &self.cfg.masking).0)
+    }
+
+    /// Stages 2 and 3's step (§7.4): the float32 guidance pass, then the training forward with
+    /// the guidance's argmax at the visible positions. The reference encodes twice, once inside
+    /// `generate_guided_mask`; with the same weights and input the two encodes are the same
+    /// numbers in float32 (no dropout, no random draw), so here the guidance decodes the training
+    /// encode's z_q, detached: one encoder forward fewer per step (~1/8 of a stage-2 step). Under
+    /// autocast the training encode is in bf16/fp16 and the reference's guidance in float32, so
+    /// there the float32 second encode is kept.
+    pub fn forward_self_forcing(&self, x: &Tensor, proxy_codes: &Tensor) -> ForwardOutput {
+        if crate::autocast::current_dtype(x.device()).is_some() {
+            let guided = crate::autocast::float32(|| self.generate_guided_mask(x, proxy_codes));
+            return self.forward(x, proxy_codes, &DecoderInput::Random(Some(&guided)));
+        }
+        let (z_q, quant) = self.encode(x);
+        let guided = self.guidance_logits(&z_q, proxy_codes);
+        self.decode_from(z_q, quant, proxy_codes, &DecoderInput::Random(Some(&guided)))
     }
 
     /// Soft-code path (§9): softmax over the V codes of every cell, weighted sum of the pixel

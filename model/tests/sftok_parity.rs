@@ -156,6 +156,12 @@ fn stage12_losses_and_gradients_match_the_reference() {
         let (rec, total) = loss_of(&out);
         f.scalar_close("expect.train_s2.reconstruction_loss", &rec);
         f.scalar_close("expect.train_s2.total_loss", &total);
+        // The trainer's single-encode step gives the same draws and values.
+        f.seed("train_s2");
+        let out = m.forward_self_forcing(x, codes);
+        f.exact("expect.train_s2.masks", &out.masks);
+        f.exact("expect.train_s2.ids", &out.ids);
+        f.scalar_close("expect.train_s2.total_loss", &loss_of(&out).1);
     });
     // 10. gradient step: every parameter's gradient
     f.seed("train_step");
@@ -212,4 +218,39 @@ fn stage3_soft_path_and_generate_match_the_reference() {
         f.close("expect.generate.soft_embedding", &m.soft_embedding(&dec.generated.last_logits));
         f.close("expect.generate.decoded_img", dec.image.as_ref().unwrap());
     });
+}
+
+/// Stage 2's step as the trainer runs it (one encode, reused by the guidance pass) against the
+/// reference's sequence (guidance with its own encode, then the forward): the same loss and the
+/// same gradient for every parameter, bit for bit, in float32.
+#[test]
+fn the_single_encode_self_forcing_step_is_the_two_encode_one_bit_for_bit() {
+    let _rng = tk::rng_lock();
+    let f = build("sftok-tiny-stage12");
+    let (m, x, codes) = (&f.model, &f.t["input.x"], &f.t["input.proxy_codes"]);
+    let run = |single: bool| {
+        sftok_model::train::optim::set_grads_to_none(f.vs.variables().values());
+        f.seed("train_s2");
+        let out = if single {
+            m.forward_self_forcing(x, codes)
+        } else {
+            let g = m.generate_guided_mask(x, codes);
+            m.forward(x, codes, &DecoderInput::Random(Some(&g)))
+        };
+        let loss = masked_token_ce(&out.logits, codes, &out.masks, 0.0, 0.1) + &out.quant.quantizer_loss;
+        loss.backward();
+        let grads: Vec<(String, Tensor)> =
+            f.vs.variables().into_iter().filter(|(_, v)| v.grad().defined()).map(|(n, v)| (n, v.grad().copy())).collect();
+        (loss.double_value(&[]), out.ids, grads)
+    };
+    let (l2, ids2, g2) = run(false);
+    let (l1, ids1, g1) = run(true);
+    assert_eq!(l1.to_bits(), l2.to_bits(), "loss {l1} vs {l2}");
+    assert!(ids1.equal(&ids2));
+    let g2: std::collections::BTreeMap<String, Tensor> = g2.into_iter().collect();
+    assert_eq!(g1.len(), g2.len());
+    assert!(g1.len() > 10);
+    for (name, g) in &g1 {
+        assert!(g.equal(&g2[name]), "gradient of {name} differs");
+    }
 }

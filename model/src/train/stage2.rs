@@ -32,9 +32,7 @@ impl TokenStage for Stage2 {
         if !cfg.training.guided_mask {
             return model.forward(x, codes, &DecoderInput::Random(None));
         }
-        // The reference runs the guidance pass outside its autocast-wrapped forward: float32.
-        let guided = crate::autocast::float32(|| model.generate_guided_mask(x, codes));
-        model.forward(x, codes, &DecoderInput::Random(Some(&guided)))
+        model.forward_self_forcing(x, codes)
     }
 
     fn decode_steps(cfg: &Config) -> i64 {

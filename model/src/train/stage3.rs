@@ -18,7 +18,6 @@ use super::task::{Metrics, ParamGroup, Precision, Preview, StepContext, StepOutp
 use super::token_task::{EvalSetup, evaluate_val, reconstruction_grid, require_flag};
 use crate::checkpoint::StateDict;
 use crate::config::Config;
-use crate::multistep_decoder::DecoderInput;
 use crate::sftok::{ForwardOutput, SFTok, SFTokConfig};
 use crate::stage3_loss::{FrozenNets, Stage3Loss};
 use crate::vqgan::MaskgitVqgan;
@@ -125,8 +124,7 @@ pub fn freeze(vs: &nn::VarStore) -> Vec<String> {
 pub fn stage3_forward(model: &SFTok, x: &Tensor) -> ForwardOutput {
     let b = x.size()[0];
     let shape_only = Tensor::zeros([b, model.cfg.decoder.num_proxy_codes], (Kind::Int64, x.device()));
-    let guided = crate::autocast::float32(|| model.generate_guided_mask(x, &shape_only));
-    model.forward(x, &shape_only, &DecoderInput::Random(Some(&guided)))
+    model.forward_self_forcing(x, &shape_only)
 }
 
 impl Stage3Task {
