@@ -68,6 +68,15 @@ int sftok_autocast_exit(int device, int was_enabled) {
 }
 
 // The dtype autocast uses on `device` now: 0 bf16, 1 fp16, 2 other; -1 on error (tests).
+// 1 when autocast is on for `device` now, 0 when off.
+int sftok_autocast_enabled(int device) {
+  try {
+    return at::autocast::is_autocast_enabled(device_type(device)) ? 1 : 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 int sftok_autocast_dtype(int device) {
   try {
     const auto t = at::autocast::get_autocast_dtype(device_type(device));

@@ -14,6 +14,7 @@ unsafe extern "C" {
     fn sftok_autocast_suspend(device: i32) -> i32;
     fn sftok_autocast_resume(device: i32, was_enabled: i32) -> i32;
     fn sftok_autocast_dtype(device: i32) -> i32;
+    fn sftok_autocast_enabled(device: i32) -> i32;
 }
 
 /// The lower precision of an autocast scope.
@@ -72,7 +73,13 @@ pub fn float32<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// The dtype autocast would use on `device` now (None: neither bf16 nor fp16).
+/// Whether autocast is on for `device` now (inside an [`autocast`] scope, outside [`float32`]).
+pub fn is_enabled(device: Device) -> bool {
+    check(unsafe { sftok_autocast_enabled(code(device)) }, "reading the autocast state") == 1
+}
+
+/// The dtype autocast would use on `device` when on (None: neither bf16 nor fp16); it is set
+/// whether or not autocast is on ([`is_enabled`]).
 pub fn current_dtype(device: Device) -> Option<AutocastDtype> {
     match check(unsafe { sftok_autocast_dtype(code(device)) }, "reading the autocast dtype") {
         0 => Some(AutocastDtype::BFloat16),

@@ -216,10 +216,15 @@ impl SFTok {
     /// autocast the training encode is in bf16/fp16 and the reference's guidance in float32, so
     /// there the float32 second encode is kept.
     pub fn forward_self_forcing(&self, x: &Tensor, proxy_codes: &Tensor) -> ForwardOutput {
-        if crate::autocast::current_dtype(x.device()).is_some() {
+        if crate::autocast::is_enabled(x.device()) {
             let guided = crate::autocast::float32(|| self.generate_guided_mask(x, proxy_codes));
             return self.forward(x, proxy_codes, &DecoderInput::Random(Some(&guided)));
         }
+        self.forward_self_forcing_one_encode(x, proxy_codes)
+    }
+
+    /// [`SFTok::forward_self_forcing`]'s float32 path: one encode, its z_q reused by the guidance.
+    pub fn forward_self_forcing_one_encode(&self, x: &Tensor, proxy_codes: &Tensor) -> ForwardOutput {
         let (z_q, quant) = self.encode(x);
         let guided = self.guidance_logits(&z_q, proxy_codes);
         self.decode_from(z_q, quant, proxy_codes, &DecoderInput::Random(Some(&guided)))

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{data, fixed_batch, losses};
-use sftok_model::autocast::{AutocastDtype, autocast, current_dtype, float32};
+use sftok_model::autocast::{AutocastDtype, autocast, current_dtype, float32, is_enabled};
 use sftok_model::config::Config;
 use sftok_model::train::fit::FitOptions;
 use sftok_model::train::launch::{TrainJob, run_job};
@@ -19,8 +19,10 @@ fn autocast_scopes_cast_matmuls_to_bf16_and_float32_islands_stay_float32() {
     let cpu = Device::Cpu;
     let (a, b) = (Tensor::randn([4, 8], (Kind::Float, cpu)), Tensor::randn([8, 3], (Kind::Float, cpu)));
     assert_eq!(a.matmul(&b).kind(), Kind::Float, "no autocast outside a scope");
+    assert!(!is_enabled(cpu), "off outside a scope (while a dtype is still set: {:?})", current_dtype(cpu));
     let (inside, island, nested, after_nested) = autocast(cpu, AutocastDtype::BFloat16, || {
         assert_eq!(current_dtype(cpu), Some(AutocastDtype::BFloat16));
+        assert!(is_enabled(cpu) && !float32(|| is_enabled(cpu)), "on in the scope, off in its float32 island");
         let inside = a.matmul(&b).kind();
         let island = float32(|| a.matmul(&b).kind());
         let nested = autocast(cpu, AutocastDtype::BFloat16, || a.matmul(&b).kind());
@@ -28,6 +30,7 @@ fn autocast_scopes_cast_matmuls_to_bf16_and_float32_islands_stay_float32() {
     });
     assert_eq!((inside, island, nested, after_nested), (Kind::BFloat16, Kind::Float, Kind::BFloat16, Kind::BFloat16));
     assert_eq!(a.matmul(&b).kind(), Kind::Float, "the scope's end restores float32");
+    assert!(!is_enabled(cpu));
     // A transformer block (linear, SDPA, GELU, LayerNorm) computes in bf16 under the scope: the
     // residual sum with the float32 input comes out float32, with bf16's rounding in it.
     let vs = tch::nn::VarStore::new(cpu);

@@ -158,7 +158,7 @@ fn stage12_losses_and_gradients_match_the_reference() {
         f.scalar_close("expect.train_s2.total_loss", &total);
         // The trainer's single-encode step gives the same draws and values.
         f.seed("train_s2");
-        let out = m.forward_self_forcing(x, codes);
+        let out = m.forward_self_forcing_one_encode(x, codes);
         f.exact("expect.train_s2.masks", &out.masks);
         f.exact("expect.train_s2.ids", &out.ids);
         f.scalar_close("expect.train_s2.total_loss", &loss_of(&out).1);
@@ -232,7 +232,7 @@ fn the_single_encode_self_forcing_step_is_the_two_encode_one_bit_for_bit() {
         sftok_model::train::optim::set_grads_to_none(f.vs.variables().values());
         f.seed("train_s2");
         let out = if single {
-            m.forward_self_forcing(x, codes)
+            m.forward_self_forcing_one_encode(x, codes)
         } else {
             let g = m.generate_guided_mask(x, codes);
             m.forward(x, codes, &DecoderInput::Random(Some(&g)))
