@@ -59,6 +59,7 @@ rows = [json.loads(l) for l in open("out-rs/metrics.jsonl")][warm:]
 u, s, m = open("time.txt").read().split()
 print(statistics.median(r["samples/sec"] for r in rows), (float(u) + float(s)) / (batch * total), int(m) / 1024)
 PY
+  rm -rf out-rs # the run's final checkpoint: ~3 GB at SFTok-B
 }
 pyb() { # $1 = on-the-fly | precomputed, $2 = fp32 | bf16
   "$py" "$bench/bench_train_py.py" --size "$size" --stage "$stage" --batch "$batch" --steps "$steps" --warmup "$warm" --teacher "$1" --precision "$2" \
