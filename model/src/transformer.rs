@@ -46,40 +46,43 @@ impl ResidualAttentionBlock {
 }
 
 impl ResidualAttentionBlock {
+    /// [B, rows, W] → [B, H, rows, hd]
+    fn heads(&self, t: &Tensor) -> Tensor {
+        let (b, rows, w) = t.size3().expect("[B, rows, W]");
+        t.view([b, rows, self.n_head, w / self.n_head]).transpose(1, 2)
+    }
+
+    /// The block after the projections: the queries of rows `x` [B, len, W] attend to every
+    /// row's keys and values, then out_proj, the residual onto `x`, and the MLP → [B, len, W].
+    fn attend_then_mlp(&self, x: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let (b, len, w) = x.size3().expect("[B, len, W]");
+        let (q, k, v) = (self.heads(q), self.heads(k), self.heads(v));
+        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let x = x + self.out_proj.forward(&a.transpose(1, 2).reshape([b, len, w]));
+        let h = self.c_fc.forward(&self.ln_2.forward(&x)).gelu("none"); // exact (erf) GELU
+        &x + self.c_proj.forward(&h)
+    }
+
     /// The block's output at rows `start .. start + len` only: x [B, L, W] → [B, len, W]. Keys and
     /// values come from every row; queries, the attention output and the MLP only from the kept ones.
     pub fn forward_rows(&self, x: &Tensor, start: i64, len: i64) -> Tensor {
-        let (b, l, w) = x.size3().expect("[B, L, W]");
-        let hd = w / self.n_head;
+        let w = x.size3().expect("[B, L, W]").2;
         let h = self.ln_1.forward(x);
         // in_proj_weight stacks [W_q; W_k; W_v]: K and V for all rows, Q for the kept ones.
         let kv = h.linear(&self.in_proj_weight.narrow(0, w, 2 * w), Some(&self.in_proj_bias.narrow(0, w, 2 * w))); // [B, L, 2W]
         let q = h.narrow(1, start, len).linear(&self.in_proj_weight.narrow(0, 0, w), Some(&self.in_proj_bias.narrow(0, 0, w))); // [B, len, W]
-        let heads = |t: Tensor, rows: i64| t.view([b, rows, self.n_head, hd]).transpose(1, 2); // [B, H, rows, hd]
         let kv = kv.split(w, -1);
-        let (q, k, v) = (heads(q, len), heads(kv[0].shallow_clone(), l), heads(kv[1].shallow_clone(), l));
-        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
-        let a = self.out_proj.forward(&a.transpose(1, 2).reshape([b, len, w]));
-        let x = x.narrow(1, start, len) + a;
-        let h = self.c_fc.forward(&self.ln_2.forward(&x)).gelu("none"); // exact (erf) GELU
-        x + self.c_proj.forward(&h)
+        self.attend_then_mlp(&x.narrow(1, start, len), &q, &kv[0], &kv[1])
     }
 }
 
 impl Module for ResidualAttentionBlock {
     /// x: [B, L, W] → [B, L, W]
     fn forward(&self, x: &Tensor) -> Tensor {
-        let (b, l, w) = x.size3().expect("[B, L, W]");
-        let hd = w / self.n_head;
+        let w = x.size3().expect("[B, L, W]").2;
         let qkv = self.ln_1.forward(x).linear(&self.in_proj_weight, Some(&self.in_proj_bias)); // [B, L, 3W]
-        let heads = |t: Tensor| t.view([b, l, self.n_head, hd]).transpose(1, 2); // [B, H, L, hd]
-        let chunks = qkv.split(w, -1);
-        let (q, k, v) = (heads(chunks[0].shallow_clone()), heads(chunks[1].shallow_clone()), heads(chunks[2].shallow_clone()));
-        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
-        let a = self.out_proj.forward(&a.transpose(1, 2).reshape([b, l, w]));
-        let x = x + a;
-        let h = self.c_fc.forward(&self.ln_2.forward(&x)).gelu("none"); // exact (erf) GELU
-        x + self.c_proj.forward(&h)
+        let qkv = qkv.split(w, -1);
+        self.attend_then_mlp(x, &qkv[0], &qkv[1], &qkv[2])
     }
 }
 
