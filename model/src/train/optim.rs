@@ -61,7 +61,12 @@ struct Slot {
     /// The step number of the update (a float32 scalar, PyTorch's `state["step"]`): a view of
     /// [`AdamW::steps`], so one `fill_` sets every parameter's.
     step: Tensor,
+}
+
+/// The slots of one [`ParamGroup`]: one fused kernel call per step.
+struct SlotGroup {
     weight_decay: f64,
+    slots: Vec<Slot>,
 }
 
 unsafe extern "C" {
@@ -96,7 +101,7 @@ pub fn set_grads_to_none<'a>(params: impl Iterator<Item = &'a Tensor>) {
 /// `fused=True` bit for bit, within 1e-7 of the single-tensor loop after 3 steps: model/tests/train.rs).
 pub struct AdamW {
     cfg: AdamWConfig,
-    slots: Vec<Slot>,
+    groups: Vec<SlotGroup>,
     /// `[slots]` float32 on the parameters' device: every slot's step number.
     steps: Option<Tensor>,
     /// Optimiser steps taken (PyTorch keeps one per parameter; they are always equal here).
@@ -106,44 +111,43 @@ pub struct AdamW {
 impl AdamW {
     /// One slot per parameter of `groups`, each with its group's weight decay.
     pub fn new(groups: &[ParamGroup], cfg: AdamWConfig) -> AdamW {
-        let params: Vec<(&String, &Tensor, f64)> = groups.iter().flat_map(|g| g.params.iter().map(move |(n, p)| (n, p, g.weight_decay))).collect();
-        let steps = params.first().map(|(_, p, _)| Tensor::zeros([params.len() as i64], (Kind::Float, p.device())));
-        let slots = params
+        let n: usize = groups.iter().map(|g| g.params.len()).sum();
+        let first = groups.iter().flat_map(|g| g.params.values()).next();
+        let steps = first.map(|p| Tensor::zeros([n as i64], (Kind::Float, p.device())));
+        let mut index = 0i64;
+        let mut slot = |name: &String, param: &Tensor| {
+            let step = steps.as_ref().expect("a parameter implies a step tensor").select(0, index);
+            index += 1;
+            Slot { name: name.clone(), param: param.shallow_clone(), exp_avg: param.zeros_like().detach(), exp_avg_sq: param.zeros_like().detach(), step }
+        };
+        let groups = groups
             .iter()
-            .enumerate()
-            .map(|(i, (name, param, weight_decay))| Slot {
-                exp_avg: param.zeros_like().detach(),
-                exp_avg_sq: param.zeros_like().detach(),
-                step: steps.as_ref().expect("a slot implies a step tensor").select(0, i as i64),
-                weight_decay: *weight_decay,
-                name: (*name).clone(),
-                param: param.shallow_clone(),
-            })
+            .map(|g| SlotGroup { weight_decay: g.weight_decay, slots: g.params.iter().map(|(n, p)| slot(n, p)).collect() })
             .collect();
-        AdamW { cfg, slots, steps, step: 0 }
+        AdamW { cfg, groups, steps, step: 0 }
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.groups.iter().flat_map(|g| &g.slots)
     }
 
     /// (values with decay, values without) — for logging the group split.
     pub fn group_sizes(&self) -> (i64, i64) {
-        let count = |decay: bool| self.slots.iter().filter(|s| (s.weight_decay > 0.0) == decay).map(|s| s.param.numel() as i64).sum();
+        let count = |decay: bool| {
+            self.groups.iter().filter(|g| (g.weight_decay > 0.0) == decay).flat_map(|g| &g.slots).map(|s| s.param.numel() as i64).sum()
+        };
         (count(true), count(false))
     }
 
     /// One update with learning rate `lr` (parameters without a gradient are skipped): one fused
-    /// kernel call per weight decay (parameter group).
+    /// kernel call per parameter group.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
         let Some(steps) = &mut self.steps else { return Ok(()) };
         let _ = tch::no_grad(|| steps.fill_(self.step as f64));
-        let mut decays: Vec<f64> = Vec::new();
-        for s in &self.slots {
-            if !decays.contains(&s.weight_decay) {
-                decays.push(s.weight_decay);
-            }
-        }
-        for wd in decays {
-            let (slots, grads): (Vec<&Slot>, Vec<Tensor>) =
-                self.slots.iter().filter(|s| s.weight_decay == wd).map(|s| (s, s.param.grad())).filter(|(_, g)| g.defined()).unzip();
+        for group in &self.groups {
+            let wd = group.weight_decay;
+            let (slots, grads): (Vec<&Slot>, Vec<Tensor>) = group.slots.iter().map(|s| (s, s.param.grad())).filter(|(_, g)| g.defined()).unzip();
             if slots.is_empty() {
                 continue;
             }
@@ -160,13 +164,13 @@ impl AdamW {
     /// `zero_grad(set_to_none=True)` (PyTorch's default and the reference's): every gradient
     /// dropped, so that the next backward writes fresh ones (csrc/sftok_optim.cpp).
     pub fn zero_grad(&mut self) {
-        set_grads_to_none(self.slots.iter().map(|s| &s.param));
+        set_grads_to_none(self.slots().map(|s| &s.param));
     }
 
     /// Moments as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`) for checkpoints.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.slots.len());
-        for s in &self.slots {
+        let mut out = Vec::new();
+        for s in self.slots() {
             out.push((format!("exp_avg.{}", s.name), s.exp_avg.to_device(tch::Device::Cpu)));
             out.push((format!("exp_avg_sq.{}", s.name), s.exp_avg_sq.to_device(tch::Device::Cpu)));
         }
@@ -176,7 +180,7 @@ impl AdamW {
     pub fn load_state_tensors(&mut self, tensors: &[(String, Tensor)], step: u64) -> Result<()> {
         let map: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         tch::no_grad(|| -> Result<()> {
-            for s in &mut self.slots {
+            for s in self.groups.iter_mut().flat_map(|g| &mut g.slots) {
                 for (prefix, dst) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
                     let key = format!("{prefix}.{}", s.name);
                     let Some(src) = map.get(key.as_str()) else { bail!("optimizer state has no {key}: was it saved by a different model?") };
@@ -252,15 +256,15 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
             return 0.0;
         }
         let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-        let total = Tensor::stack(&norms, 0).norm();
-        let coef = (max_norm / (total.double_value(&[]) + 1e-6)).min(1.0);
-        let total_f = total.to_kind(Kind::Double).double_value(&[]);
+        // One read of the norm (a device sync on CUDA), used for the coefficient and returned.
+        let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+        let coef = (max_norm / (total + 1e-6)).min(1.0);
         if coef < 1.0 {
             for mut g in grads {
                 let _ = g.g_mul_scalar_(coef);
             }
         }
-        total_f
+        total
     })
 }
 
