@@ -7,7 +7,8 @@ use tch::Device;
 pub fn parse_device(spec: &str) -> Result<Device> {
     let spec = spec.trim().to_ascii_lowercase();
     match spec.as_str() {
-        "auto" => Ok(Device::cuda_if_available()),
+        "auto" if tch::Cuda::is_available() => cuda(0),
+        "auto" => Ok(Device::Cpu),
         "cpu" => Ok(Device::Cpu),
         "cuda" | "gpu" => cuda(0),
         s if s.starts_with("cuda:") => match s[5..].parse::<usize>() {
