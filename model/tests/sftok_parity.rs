@@ -237,7 +237,8 @@ fn the_single_encode_self_forcing_step_is_the_two_encode_one_bit_for_bit() {
             let g = m.generate_guided_mask(x, codes);
             m.forward(x, codes, &DecoderInput::Random(Some(&g)))
         };
-        let loss = masked_token_ce(&out.logits, codes, &out.masks, 0.0, 0.1) + &out.quant.quantizer_loss;
+        let rec = masked_token_ce(&out.logits, codes, &out.masks, f.loss_param("label_smoothing"), f.loss_param("loss_weight_unmasked_token"));
+        let loss = rec + &out.quant.quantizer_loss * f.loss_param("quantizer_weight");
         loss.backward();
         let grads: Vec<(String, Tensor)> =
             f.vs.variables().into_iter().filter(|(_, v)| v.grad().defined()).map(|(n, v)| (n, v.grad().copy())).collect();
