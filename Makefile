@@ -22,15 +22,19 @@ FIXTURE_TESTS := --test sftok_parity --test vqgan_parity --test eval_metrics --t
 	--test stage3_step_parity --test stage3_handoff --test maskgit_generator_parity
 
 ## make test: every unit, parity and end-to-end test; then the fixture tests again on a copy of the
-## fixtures in a temporary directory (SFTOK_FIXTURES), so that no test depends on where they lie.
+## fixtures in a temporary directory (SFTOK_FIXTURES), so that no test depends on where they lie,
+## and, on a CPU with AVX-512, with every float32 CPU matmul through oneDNN (SFTOK_CPU_MATMUL=onednn;
+## `auto` in the first run sends only products of at least 2^21 multiply-adds there, and most of the
+## tiny fixtures' products are smaller).
 ## (--workspace in the rerun: the same feature resolution as the first run, so nothing is rebuilt.)
 ## Last, `cargo check` of the GPU machine's build (tools/gpu-build.sh; the torch 2.11 wheel is cached
 ## in $SFTOK_CACHE like libtorch).
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
 	@fx=$$(mktemp -d) && trap 'rm -rf "$$fx"' EXIT && cp -R ../shared/fixtures/. "$$fx"/ && \
-	echo "fixture tests again with SFTOK_FIXTURES=$$fx (a copy of ../shared/fixtures)" && \
-	SFTOK_FIXTURES="$$fx" $(CARGO) test --workspace --no-fail-fast $(FIXTURE_TESTS)
+	mm=$$(grep -q avx512bw /proc/cpuinfo 2>/dev/null && echo onednn || echo auto) && \
+	echo "fixture tests again with SFTOK_FIXTURES=$$fx (a copy of ../shared/fixtures), SFTOK_CPU_MATMUL=$$mm" && \
+	SFTOK_FIXTURES="$$fx" SFTOK_CPU_MATMUL=$$mm $(CARGO) test --workspace --no-fail-fast $(FIXTURE_TESTS)
 	@echo "the GPU machine's build (tch 0.24, libtorch 2.11, NCCL) still compiles: tools/gpu-build.sh --check"
 	@bash tools/gpu-build.sh --check
 

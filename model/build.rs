@@ -3,6 +3,7 @@
 //! - csrc/sftok_autocast.cpp: libtorch's per-device autocast state, which tch does not expose;
 //! - csrc/sftok_optim.cpp: the fused AdamW and foreach-lerp kernels (the optimiser and the EMA);
 //! - csrc/sftok_layout.cpp: channels-last conv weights (memory formats);
+//! - csrc/sftok_matmul.cpp: the CPU's float32 mm/addmm through oneDNN (cpu_matmul.rs);
 //! - csrc/sftok_guarded.{h,cpp}: how every shim returns an exception's message;
 //! - csrc/sftok_c10d.cpp: c10d's stores, ProcessGroupGloo and collectives (data-parallel training).
 //!   The wheel ships c10d's headers but not gloo's: Debian's libgloo-dev has them (tools/setup.sh),
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     libtorch_link::main();
-    for f in ["csrc/sftok_autocast.cpp", "csrc/sftok_optim.cpp", "csrc/sftok_layout.cpp", "csrc/sftok_guarded.h", "csrc/sftok_guarded.cpp", "csrc/sftok_c10d.cpp", "csrc/sftok_c10d.h", "csrc/sftok_c10d_nccl.cpp"] {
+    for f in ["csrc/sftok_autocast.cpp", "csrc/sftok_optim.cpp", "csrc/sftok_layout.cpp", "csrc/sftok_matmul.cpp", "csrc/sftok_guarded.h", "csrc/sftok_guarded.cpp", "csrc/sftok_c10d.cpp", "csrc/sftok_c10d.h", "csrc/sftok_c10d_nccl.cpp"] {
         println!("cargo:rerun-if-changed={f}");
     }
     for v in ["LIBTORCH", "LIBTORCH_CXX11_ABI", "SFTOK_GLOO_INCLUDE", "SFTOK_CUDA_INCLUDE"] {
@@ -41,7 +42,7 @@ fn main() {
             .opt_level(2);
         b
     };
-    build().files(["csrc/sftok_autocast.cpp", "csrc/sftok_optim.cpp", "csrc/sftok_layout.cpp", "csrc/sftok_guarded.cpp"]).compile("sftok_shims");
+    build().files(["csrc/sftok_autocast.cpp", "csrc/sftok_optim.cpp", "csrc/sftok_layout.cpp", "csrc/sftok_matmul.cpp", "csrc/sftok_guarded.cpp"]).compile("sftok_shims");
 
     let gloo = std::env::var("SFTOK_GLOO_INCLUDE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/usr/include"));
     if !gloo.join("gloo/config.h").is_file() {

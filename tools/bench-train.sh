@@ -12,7 +12,9 @@
 # fp16 autocast is CUDA-only), PyTorch with precomputed codes, sftok with precomputed codes (its
 # Parquet store), sftok with the teacher on the fly; then both with precomputed codes under bf16
 # autocast (training.mixed_precision=bf16 / --precision bf16), which CPUs with AVX512-BF16 or AMX
-# run on their bf16 matmul units. tiny: batch 8, one thread each (OMP_NUM_THREADS=1 / --threads 1); B: batch 2, two
+# run on their bf16 matmul units; last, sftok with precomputed codes and SFTOK_CPU_MATMUL=mkl: its
+# float32 products in MKL, as PyTorch's, which shows how much of the gap is oneDNN's matmul
+# (model/src/cpu_matmul.rs: the default on AMD CPUs with AVX-512). tiny: batch 8, one thread each (OMP_NUM_THREADS=1 / --threads 1); B: batch 2, two
 # threads. sftok's CPU seconds and RSS are the whole process (start-up included), PyTorch's the
 # timed steps and the process's max RSS (includes ~0.7 GB of torch). At tiny size the two teachers
 # differ (the Python script's tiny teacher vs the full MaskGIT-VQGAN sftok's tiny config uses), so
@@ -43,10 +45,10 @@ fi
 [ -d "codes-$px" ] || "$bin/sftok-prep" proxy-codes --teacher random:0 --shards "shards-$px/train" --out "codes-$px" \
   --views 2 --resize-shorter "$px" --crop "$px" --device cpu >/dev/null 2>&1
 
-rs() { # $1 = precomputed | on-the-fly, $2 = no | bf16 → "img/s cpu_s_per_image peak_rss_mb"
+rs() { # $1 = precomputed | on-the-fly, $2 = no | bf16, $3 = SFTOK_CPU_MATMUL → "img/s cpu_s_per_image peak_rss_mb"
   local codes="codes-$px"; [ "$1" = on-the-fly ] && codes=""
   rm -rf out-rs
-  /usr/bin/time -f "%U %S %M" -o time.txt "$bin/sftok-train" "stage$stage" --config "$config" --device cpu --teacher random:0 \
+  SFTOK_CPU_MATMUL="$3" /usr/bin/time -f "%U %S %M" -o time.txt "$bin/sftok-train" "stage$stage" --config "$config" --device cpu --teacher random:0 \
     --resume never --workers 1 experiment.output_dir=out-rs experiment.init_weight= "dataset.params.train_proxy_codes_path=$codes" \
     "dataset.params.train_shards_path_or_url=shards-$px/train" "dataset.preprocessing.resize_shorter_edge=$px" \
     "dataset.preprocessing.crop_size=$px" "training.per_gpu_batch_size=$batch" "training.max_train_steps=$((steps + warm))" \
@@ -74,16 +76,18 @@ declare -A res
 for _ in $(seq "$repeats"); do
   res[py_ref]+="$(pyb on-the-fly fp32);"
   res[py_pre]+="$(pyb precomputed fp32);"
-  res[rs_pre]+="$(rs precomputed no);"
-  res[rs_fly]+="$(rs on-the-fly no);"
+  res[rs_pre]+="$(rs precomputed no auto);"
+  res[rs_fly]+="$(rs on-the-fly no auto);"
   res[py_bf16]+="$(pyb precomputed bf16);"
-  res[rs_bf16]+="$(rs precomputed bf16);"
+  res[rs_bf16]+="$(rs precomputed bf16 auto);"
+  res[rs_mkl]+="$(rs precomputed no mkl);"
 done
-"$py" - "$size" "$batch" "$stage" "${res[py_ref]}" "${res[py_pre]}" "${res[rs_pre]}" "${res[rs_fly]}" "${res[py_bf16]}" "${res[rs_bf16]}" <<'PY'
+"$py" - "$size" "$batch" "$stage" "${res[py_ref]}" "${res[py_pre]}" "${res[rs_pre]}" "${res[rs_fly]}" "${res[py_bf16]}" "${res[rs_bf16]}" "${res[rs_mkl]}" <<'PY'
 import statistics, sys
 size, batch, stage = sys.argv[1], sys.argv[2], sys.argv[3]
 names = ["PyTorch, teacher on the fly (reference mode)", "PyTorch, precomputed codes", "sftok, precomputed codes",
-         "sftok, teacher on the fly", "PyTorch, precomputed codes, bf16 autocast", "sftok, precomputed codes, bf16 autocast"]
+         "sftok, teacher on the fly", "PyTorch, precomputed codes, bf16 autocast", "sftok, precomputed codes, bf16 autocast",
+         "sftok, precomputed codes, MKL matmul"]
 med = []
 print(f"SFTok-{size} stage {stage}, batch {batch}, CPU; fp32 unless the row says bf16")
 print(f"{'row':46} {'img/s (median)':>15} {'CPU s/img':>10} {'peak RSS MB':>12}  runs img/s")
@@ -94,5 +98,6 @@ for name, arg in zip(names, sys.argv[4:]):
     print(f"{name:46} {m[0]:15.3f} {m[1]:10.3f} {m[2]:12.0f}  {', '.join(f'{r[0]:.3f}' for r in runs)}")
 print(f"RESULT train_ratio size={size} stage={stage} ours_precomputed_vs_reference_mode={med[2] / med[0]:.2f} "
       f"ours_vs_pytorch_like_for_like={med[2] / med[1]:.2f} ours_on_the_fly_vs_reference_mode={med[3] / med[0]:.2f} "
-      f"ours_bf16_vs_reference_mode={med[5] / med[0]:.2f} ours_bf16_vs_pytorch_bf16={med[5] / med[4]:.2f}")
+      f"ours_bf16_vs_reference_mode={med[5] / med[0]:.2f} ours_bf16_vs_pytorch_bf16={med[5] / med[4]:.2f} "
+      f"ours_mkl_matmul_vs_pytorch_like_for_like={med[6] / med[1]:.2f}")
 PY

@@ -8,8 +8,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     let spec = spec.trim().to_ascii_lowercase();
     match spec.as_str() {
         "auto" if tch::Cuda::is_available() => cuda(0),
-        "auto" => Ok(Device::Cpu),
-        "cpu" => Ok(Device::Cpu),
+        "auto" | "cpu" => cpu(),
         "cuda" | "gpu" => cuda(0),
         s if s.starts_with("cuda:") => match s[5..].parse::<usize>() {
             Ok(i) => cuda(i),
@@ -26,6 +25,13 @@ pub fn parse_device_for_local_rank(spec: &str, local_rank: usize) -> Result<Devi
         Device::Cuda(0) if !spec.trim().contains(':') => cuda(local_rank),
         d => Ok(d),
     }
+}
+
+/// The CPU, with this process's float32 matrix products routed as `SFTOK_CPU_MATMUL` says
+/// ([`crate::cpu_matmul`]: oneDNN on AMD CPUs with AVX-512, else MKL).
+pub fn cpu() -> Result<Device> {
+    crate::cpu_matmul::configure()?;
+    Ok(Device::Cpu)
 }
 
 fn cuda(i: usize) -> Result<Device> {
@@ -45,7 +51,7 @@ fn cuda(i: usize) -> Result<Device> {
 /// Human-readable device name for logs.
 pub fn describe(device: Device) -> String {
     match device {
-        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cpu => format!("cpu ({} threads, float32 matmul: {})", tch::get_num_threads(), crate::cpu_matmul::active()),
         Device::Cuda(i) => format!("cuda:{i}"),
         other => format!("{other:?}"),
     }

@@ -4,6 +4,7 @@ pub mod autocast;
 pub mod checkpoint;
 pub mod config;
 pub mod conv_layout;
+pub mod cpu_matmul;
 pub mod device;
 pub mod diff_aug;
 pub mod dino_discriminator;

@@ -3,6 +3,7 @@
 //! tolerances from its `tolerances` entries (primary `suggested_atol` required; the `same_branch_*`
 //! level is reported).
 
+use sftok_model::device::cpu;
 use sftok_model::checkpoint::{self, StateDict};
 use sftok_model::diff_aug::{AugParams, DiffAug};
 use sftok_model::dino_discriminator::{self as dd, DinoBackbone, DinoDiscriminator, DinoHeads, ResizeBranch};
@@ -21,7 +22,7 @@ struct Setup {
 
 /// Fresh backbone + heads from the fixture (so every call starts from the stored u/v).
 fn setup(fx: &Fixture) -> Setup {
-    let backbone_vs = nn::VarStore::new(Device::Cpu);
+    let backbone_vs = nn::VarStore::new(cpu().unwrap());
     let backbone = DinoBackbone::new(backbone_vs.root());
     let sd = StateDict { tensors: fx.with_prefix("weights.dino.") };
     dd::load_backbone_state(&backbone_vs, sd).unwrap();
@@ -32,7 +33,7 @@ fn setup(fx: &Fixture) -> Setup {
     }
     assert!(backbone_vs.trainable_variables().is_empty(), "the backbone is frozen");
 
-    let heads_vs = nn::VarStore::new(Device::Cpu);
+    let heads_vs = nn::VarStore::new(cpu().unwrap());
     let disc = DinoDiscriminator::new(backbone, heads_vs.root() / "heads");
     let sd = StateDict {
         tensors: fx.with_prefix("weights.").into_iter().filter(|(n, _)| n.starts_with("heads.")).collect(),
@@ -304,7 +305,7 @@ fn spec_head_counts() -> (usize, i64) {
 fn full_size_heads_and_backbone_have_the_reference_keys_and_counts() {
     let _rng = tk::rng_lock();
     let side = tk::Sidecar::load(FIXTURE);
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let _heads = DinoHeads::new(vs.root() / "heads");
     let vars = vs.variables();
     let mut ours: Vec<String> = vars.keys().map(|k| format!("weights.{k}")).collect();
@@ -324,7 +325,7 @@ fn full_size_heads_and_backbone_have_the_reference_keys_and_counts() {
     assert_eq!(trainable, fixture_trainable);
     assert_eq!(trainable, spec_values);
 
-    let bvs = nn::VarStore::new(Device::Cpu);
+    let bvs = nn::VarStore::new(cpu().unwrap());
     let _b = DinoBackbone::new(bvs.root());
     let bvars = bvs.variables();
     let mut ours: Vec<String> = bvars.keys().map(|k| format!("weights.dino.{k}")).collect();
@@ -340,7 +341,7 @@ fn full_size_heads_and_backbone_have_the_reference_keys_and_counts() {
 fn gradients_reach_the_image_but_not_the_backbone() {
     let _rng = tk::rng_lock();
     let (bvs, backbone) = dd::load_dino_backbone("random:7", Device::Cpu).unwrap();
-    let hvs = nn::VarStore::new(Device::Cpu);
+    let hvs = nn::VarStore::new(cpu().unwrap());
     let disc = DinoDiscriminator::new(backbone, hvs.root() / "discriminator" / "heads");
     assert!(hvs.variables().keys().all(|k| k.starts_with("discriminator.heads.")));
     tch::manual_seed(1);

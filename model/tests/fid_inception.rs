@@ -3,6 +3,7 @@
 //! plus the key set of spec/keys/fid-inception.json and the loader's errors. Image counts and
 //! feature widths come from the fixture (its inputs and the sidecar's `tensors`).
 
+use sftok_model::device::cpu;
 use sftok_model::inception::{FidInception, FidInceptionConfig, InputPipeline, load_inception};
 use sftok_testkit_tch::{self as tk, Fixture};
 use std::collections::BTreeSet;
@@ -23,7 +24,7 @@ fn fixture_state_dict(fx: &Fixture) -> Vec<(String, Tensor)> {
 }
 
 fn net(fx: &Fixture, kind: Kind) -> FidInception {
-    let mut net = FidInception::new(FidInceptionConfig::default(), Device::Cpu, kind).unwrap();
+    let mut net = FidInception::new(FidInceptionConfig::default(), cpu().unwrap(), kind).unwrap();
     net.load_tensors(fixture_state_dict(fx), FX).unwrap();
     net
 }
@@ -94,7 +95,7 @@ fn parameter_names_are_the_spec_key_list() {
     };
     let sd: Vec<(String, Tensor)> =
         spec.iter().map(|k| (k.clone(), Tensor::zeros(shapes(k), (Kind::Float, Device::Cpu)))).collect();
-    let mut net = FidInception::new(FidInceptionConfig::default(), Device::Cpu, Kind::Float).unwrap();
+    let mut net = FidInception::new(FidInceptionConfig::default(), cpu().unwrap(), Kind::Float).unwrap();
     net.load_tensors(sd, "spec keys").unwrap();
     // … and a missing key must be named.
     let fx = Fixture::load(FX);
@@ -109,9 +110,9 @@ fn num_batches_tracked_is_optional_and_the_legacy_pth_format_loads() {
     let fx = Fixture::load(FX);
     let mut sd = fixture_state_dict(&fx);
     sd.push(("Conv2d_1a_3x3.bn.num_batches_tracked".into(), Tensor::from(0i64)));
-    let mut net = FidInception::new(FidInceptionConfig::default(), Device::Cpu, Kind::Float).unwrap();
+    let mut net = FidInception::new(FidInceptionConfig::default(), cpu().unwrap(), Kind::Float).unwrap();
     net.load_tensors(sd, "with counters").unwrap();
-    let err = load_inception("pt_inception-2015-12-05-6726825d.pth".as_ref(), Device::Cpu, Kind::Float)
+    let err = load_inception("pt_inception-2015-12-05-6726825d.pth".as_ref(), cpu().unwrap(), Kind::Float)
         .err()
         .expect("a missing file must fail")
         .to_string();
@@ -134,8 +135,8 @@ torch.save(sd, sys.argv[2], _use_new_zipfile_serialization=False)
     let (classes, width) = (FidInceptionConfig::default().num_classes, fx.side.dim("expect.pytorch_fid.pool3", 1));
     let fixture = tk::safetensors_path(FX);
     tk::run_python(script, &[fixture.to_str().unwrap(), pth.to_str().unwrap(), &classes.to_string(), &width.to_string()]);
-    let from_pth = load_inception(&pth, Device::Cpu, Kind::Float).unwrap();
-    let mut from_fx = FidInception::new(FidInceptionConfig::default(), Device::Cpu, Kind::Float).unwrap();
+    let from_pth = load_inception(&pth, cpu().unwrap(), Kind::Float).unwrap();
+    let mut from_fx = FidInception::new(FidInceptionConfig::default(), cpu().unwrap(), Kind::Float).unwrap();
     from_fx.load_tensors(fixture_state_dict(&fx), "fixture").unwrap();
     let x = fx.get("input.images_u8_nhwc").narrow(0, 0, 1);
     let (a, b) = (from_pth.features(&x, InputPipeline::PytorchFid), from_fx.features(&x, InputPipeline::PytorchFid));

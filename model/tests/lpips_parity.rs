@@ -3,6 +3,7 @@
 //! input, and the loader (torchvision / LPIPS v0.1 key layouts, errors, random weights). Key
 //! names, counts and batch sizes come from the sidecar.
 
+use sftok_model::device::cpu;
 use sftok_model::checkpoint::StateDict;
 use sftok_model::lpips::{LPIPS_LIN_URL, Lpips, VGG16_URL, load_lpips};
 use sftok_testkit_tch::{self as tk, Bound, Fixture};
@@ -16,7 +17,7 @@ fn fixture_weights(fx: &Fixture) -> StateDict {
 }
 
 fn fixture_lpips(fx: &Fixture) -> (nn::VarStore, Lpips) {
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let lpips = Lpips::new(vs.root());
     lpips.load_state_dict(&fixture_weights(fx), FX).unwrap();
     (vs, lpips)
@@ -98,7 +99,7 @@ fn every_expected_key_matches_the_reference() {
 #[test]
 fn state_dict_errors_name_the_keys() {
     let fx = Fixture::load(FX);
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let lpips = Lpips::new(vs.root());
     let mut sd = fixture_weights(&fx);
     let dropped = sd.tensors.iter().position(|(n, _)| n.starts_with("net.slice4.")).expect("a net.slice4 key");
@@ -155,7 +156,7 @@ fn loader_maps_torchvision_and_lpips_files() {
     let torchvision_keys: Vec<&str> = listing.split_whitespace().collect();
     assert_eq!(torchvision_keys.len(), fx.with_prefix("weights.net.").len(), "one features.* key per net.slice* key");
 
-    let (vs, lpips) = load_lpips(vgg.to_str().unwrap(), lin.to_str().unwrap(), Device::Cpu).unwrap();
+    let (vs, lpips) = load_lpips(vgg.to_str().unwrap(), lin.to_str().unwrap(), cpu().unwrap()).unwrap();
     assert!(vs.trainable_variables().is_empty());
     let vars = vs.variables();
     for (name, expect) in fx.with_prefix("weights.") {
@@ -169,7 +170,7 @@ fn loader_maps_torchvision_and_lpips_files() {
     let own = dir.path().join("lpips.safetensors");
     sftok_model::checkpoint::save_tensors(fx.with_prefix("weights."), &own).unwrap();
     let own = own.to_str().unwrap();
-    let (_vs, lpips) = load_lpips(own, own, Device::Cpu).unwrap();
+    let (_vs, lpips) = load_lpips(own, own, cpu().unwrap()).unwrap();
     let value = tch::no_grad(|| lpips.forward(fx.get("input.in0"), fx.get("input.in1")));
     fx.assert_close("expect.lpips", &value);
 }
@@ -180,11 +181,11 @@ fn missing_files_name_the_file_and_where_it_is_published() {
     let dir = tempfile::tempdir().unwrap();
     let vgg = dir.path().join("vgg16-397923af.pth");
     let lin = dir.path().join("vgg.pth");
-    let err = load_lpips(vgg.to_str().unwrap(), "random:1", Device::Cpu).err().expect("missing VGG16 file").to_string();
+    let err = load_lpips(vgg.to_str().unwrap(), "random:1", cpu().unwrap()).err().expect("missing VGG16 file").to_string();
     assert!(err.contains(vgg.to_str().unwrap()) && err.contains(VGG16_URL) && err.contains("IMAGENET1K_V1"), "{err}");
-    let err = load_lpips("random:1", lin.to_str().unwrap(), Device::Cpu).err().expect("missing vgg.pth").to_string();
+    let err = load_lpips("random:1", lin.to_str().unwrap(), cpu().unwrap()).err().expect("missing vgg.pth").to_string();
     assert!(err.contains(lin.to_str().unwrap()) && err.contains(LPIPS_LIN_URL) && err.contains("d507d7349b931f0638a25a48a722f98a"), "{err}");
-    let err = load_lpips("random:x", "random:1", Device::Cpu).err().expect("bad seed").to_string();
+    let err = load_lpips("random:x", "random:1", cpu().unwrap()).err().expect("bad seed").to_string();
     assert!(err.contains("random:x"), "{err}");
 }
 
@@ -192,7 +193,7 @@ fn missing_files_name_the_file_and_where_it_is_published() {
 fn random_weights_give_a_usable_frozen_network() {
     let _lock = tk::rng_lock();
     let fx = Fixture::load(FX);
-    let (vs, lpips) = load_lpips("random:1", "random:2", Device::Cpu).unwrap();
+    let (vs, lpips) = load_lpips("random:1", "random:2", cpu().unwrap()).unwrap();
     assert!(vs.trainable_variables().is_empty());
     let x0 = fx.get("input.in0");
     let x1 = fx.get("input.in1").detach().set_requires_grad(true);

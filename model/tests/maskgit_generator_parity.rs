@@ -3,6 +3,7 @@
 //! (ids exact). Seeds, settings, shapes and key names come from the sidecar; the full-size key list
 //! from ../shared/spec/keys/maskgit-generator.json.
 
+use sftok_model::device::cpu;
 use sftok_model::checkpoint::StateDict;
 use sftok_model::config::Config;
 use sftok_model::image_bert::{self, ImageBert, ImageBertConfig};
@@ -21,7 +22,7 @@ fn config_of(fx: &tk::Fixture) -> Config {
 
 fn build(fx: &tk::Fixture) -> (nn::VarStore, ImageBert, Config) {
     let cfg = config_of(fx);
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let model = ImageBert::new(&vs.root(), &ImageBertConfig::from_config(&cfg).unwrap());
     image_bert::load_state_dict(&vs, StateDict { tensors: fx.with_prefix("weights.") }).expect("strict load of the fixture weights");
     (vs, model, cfg)
@@ -114,7 +115,7 @@ fn full_size_keys_parameter_count_and_decay_groups() {
     let keys: BTreeMap<String, Vec<i64>> =
         serde_json::from_str(&std::fs::read_to_string(tk::spec_dir().join("keys/maskgit-generator.json")).unwrap()).unwrap();
     let cfg = Config::load(&tk::repo_root().join("configs/sftok_maskgit.yaml"), &[]).unwrap();
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let _model = tch::no_grad(|| ImageBert::new(&vs.root(), &ImageBertConfig::from_config(&cfg).unwrap()));
     let ours: BTreeMap<String, Vec<i64>> = vs.variables().into_iter().map(|(k, t)| (k, t.size())).collect();
     assert_eq!(ours, keys, "state-dict keys and shapes");

@@ -2,12 +2,13 @@
 //! load, the legacy key alias, and a strict load of our files by Python torch (oracle). The tiny
 //! model is the sftok-tiny-stage12 fixture (config and key count from its sidecar).
 
+use sftok_model::device::cpu;
 use sftok_model::checkpoint::{self, StateDict};
 use sftok_model::config::Config;
 use sftok_model::sftok::{LoadedSFTok, SFTok, SFTokConfig, resolve_config};
 use sftok_testkit_tch::{self as tk, Sidecar};
 use std::collections::BTreeMap;
-use tch::{Device, Kind, nn};
+use tch::{Kind, nn};
 
 const TINY: &str = "sftok-tiny-stage12";
 
@@ -35,7 +36,7 @@ fn sftok_b_and_l_have_the_reference_keys_shapes_and_parameter_counts() {
         ("sftok_b64_stage3.yaml", "sftok-b-stage3.json", 205_845_315),
         ("sftok_l64_stage3.yaml", "sftok-l-stage3.json", 424_896_835),
     ] {
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(cpu().unwrap());
         let _m = SFTok::new(&vs.root(), &SFTokConfig::from_config(&reference_config(cfg_file)).unwrap());
         let got = ours(&vs);
         assert_eq!(got, key_file(keys_file), "{cfg_file} vs {keys_file}");
@@ -55,7 +56,7 @@ fn tiny_from_fixture(dir: &std::path::Path) -> (nn::VarStore, Config, StateDict)
     let mut tree = side.config().clone();
     tree["model"]["size_tables"] = side.at("/size_tables").clone();
     let cfg = Config::from_yaml_str(&tree.to_string(), &[]).unwrap();
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let _m = SFTok::new(&vs.root(), &SFTokConfig::from_config(&cfg).unwrap());
     let fx = checkpoint::read(&tk::safetensors_path(TINY)).unwrap();
     let sd = fx.strip_prefix("weights.");
@@ -70,7 +71,7 @@ fn save_then_load_is_bit_exact_and_finds_its_config() {
     let (vs, _cfg, _) = tiny_from_fixture(dir.path());
     assert!(!dir.path().join("model.safetensors.tmp").exists());
     let cfg = resolve_config(dir.path(), None, &[]).unwrap();
-    let loaded = LoadedSFTok::load(dir.path(), cfg, Device::Cpu).unwrap();
+    let loaded = LoadedSFTok::load(dir.path(), cfg, cpu().unwrap()).unwrap();
     let a = vs.variables();
     let b = loaded.vs.variables();
     assert_eq!(a.len(), b.len());
@@ -96,7 +97,7 @@ fn legacy_positional_embedding_name_is_accepted() {
     assert!(renamed.iter().any(|(n, _)| n == "decoder.embedding_positional_embedding"));
     let path = dir.path().join("legacy.safetensors");
     tch::Tensor::write_safetensors(&renamed, &path).unwrap();
-    let loaded = LoadedSFTok::load(&path, cfg, Device::Cpu).unwrap();
+    let loaded = LoadedSFTok::load(&path, cfg, cpu().unwrap()).unwrap();
     let want = sd.get("decoder.learnable_embedding_positional_embedding").unwrap();
     assert!(loaded.vs.variables()["decoder.learnable_embedding_positional_embedding"].equal(want));
 }

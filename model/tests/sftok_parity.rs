@@ -4,6 +4,7 @@
 //! Seeds, loss weights and the gradient set come from the sidecars (`seeds`, `config.losses`,
 //! `tensors`), so another fixture set runs through the same tests (`SFTOK_FIXTURES`).
 
+use sftok_model::device::cpu;
 use sftok_model::checkpoint::{self, StateDict};
 use sftok_model::config::Config;
 use sftok_model::losses::masked_token_ce;
@@ -12,7 +13,7 @@ use sftok_model::sftok::{SFTok, SFTokConfig};
 use sftok_testkit_tch::{self as tk, Bound};
 use std::collections::BTreeSet;
 use std::ops::Deref;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Kind, Tensor, nn};
 
 struct Fixture {
     fx: tk::Fixture,
@@ -48,7 +49,7 @@ fn build(name: &str) -> Fixture {
     }
     let cfg = Config::from_yaml_str(&tree.to_string(), &[]).expect("fixture config parses");
     let scfg = SFTokConfig::from_config(&cfg).unwrap();
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let model = SFTok::new(&vs.root(), &scfg);
     let sd = StateDict { tensors: fx.with_prefix("weights.") };
     checkpoint::load_into(&vs, &sd, true).expect("strict load of the fixture weights");

@@ -5,6 +5,7 @@
 //! The LPIPS and DINO weights are those of the fixtures the sidecar names (`uses_weights_of`).
 //! Every seed, shape, key and the global step come from the sidecars.
 
+use sftok_model::device::cpu;
 use sftok_model::checkpoint::{self, StateDict};
 use sftok_model::config::Config;
 use sftok_model::dino_discriminator::{DinoBackbone, load_backbone_state};
@@ -40,7 +41,7 @@ fn setup(leak: bool) -> Step {
     });
     tree["losses"]["reference_discriminator_grad_leak"] = serde_json::json!(leak);
     let cfg = Config::from_yaml_str(&tree.to_string(), &[]).unwrap();
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let model = SFTok::new(&vs.root(), &SFTokConfig::from_config(&cfg).unwrap());
     checkpoint::load_into(&vs, &StateDict { tensors: fx.with_prefix("weights.") }, true).unwrap();
     let mut frozen = freeze(&vs);
@@ -51,15 +52,15 @@ fn setup(leak: bool) -> Step {
     assert_eq!(frozen, want, "stage 3 freezes exactly the reference's parameters");
 
     let lpips_fx = Fixture::load(side.at("/uses_weights_of/lpips").as_str().unwrap());
-    let lpips_vs = nn::VarStore::new(Device::Cpu);
+    let lpips_vs = nn::VarStore::new(cpu().unwrap());
     let lpips = Lpips::new(lpips_vs.root());
     lpips.load_state_dict(&StateDict { tensors: lpips_fx.with_prefix("weights.") }, "lpips fixture").unwrap();
     let dino_fx = Fixture::load(side.at("/uses_weights_of/dino_discriminator").as_str().unwrap());
-    let dino_vs = nn::VarStore::new(Device::Cpu);
+    let dino_vs = nn::VarStore::new(cpu().unwrap());
     let backbone = DinoBackbone::new(dino_vs.root());
     load_backbone_state(&dino_vs, StateDict { tensors: dino_fx.with_prefix("weights.dino.") }).unwrap();
 
-    let loss_vs = nn::VarStore::new(Device::Cpu);
+    let loss_vs = nn::VarStore::new(cpu().unwrap());
     let loss = Stage3Loss::new(&loss_vs, &cfg.losses, FrozenNets { lpips: (lpips_vs, lpips), dino: Some((dino_vs, backbone)) }).unwrap();
     let heads: Vec<(String, Tensor)> = dino_fx.with_prefix("weights.heads.").into_iter().map(|(n, t)| (format!("discriminator.heads.{n}"), t)).collect();
     let n_heads = heads.len();

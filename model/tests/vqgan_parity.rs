@@ -1,6 +1,7 @@
 //! MaskGIT-VQGAN teacher vs ../shared/fixtures/maskgit-vqgan-tiny (reference outputs); sizes from
 //! the sidecar (`config`, `quantizer`, `tensors`).
 
+use sftok_model::device::cpu;
 use sftok_model::checkpoint::{self, StateDict};
 use sftok_model::conv_layout;
 use sftok_model::vqgan::{MaskgitVqgan, VqganConfig};
@@ -24,7 +25,7 @@ fn tiny_config(side: &Sidecar) -> VqganConfig {
 /// device does (`conv_layout`), so the layout the GPU runs is checked here on the CPU.
 fn teacher_matches_the_reference(channels_last: bool) {
     let fx = tk::Fixture::load("maskgit-vqgan-tiny");
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let model = MaskgitVqgan::new(&vs.root(), &tiny_config(&fx.side));
     let sd = StateDict { tensors: fx.with_prefix("weights.") };
     // Strict: exactly the reference's keys, as many as the sidecar lists.
@@ -69,7 +70,7 @@ fn tiny_teacher_in_channels_last_matches_the_reference() {
 
 #[test]
 fn full_size_teacher_has_the_reference_keys_and_parameter_count() {
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let _model = MaskgitVqgan::new(&vs.root(), &VqganConfig::default());
     let keys: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(tk::spec_dir().join("keys/maskgit-vqgan.json")).unwrap()).unwrap();
@@ -89,7 +90,7 @@ fn full_size_teacher_has_the_reference_keys_and_parameter_count() {
 
 #[test]
 fn codebook_entry_rejects_bad_shapes() {
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(cpu().unwrap());
     let model = MaskgitVqgan::new(&vs.root(), &VqganConfig::default());
     let bad = tch::Tensor::zeros([2, 15], (Kind::Int64, Device::Cpu));
     assert!(model.quantize.codebook_entry(&bad).unwrap_err().to_string().contains("not a square"));
