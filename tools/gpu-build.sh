@@ -9,7 +9,8 @@
 #   tools/gpu-build.sh --check          (`cargo check` only, shims included: what `make test` runs so
 #                                        that the 0.24 build keeps compiling)
 #
-# OUT_DIR gets sftok-prep, sftok-train, sftok-eval and libjpeg.so.62; tools/gpu-check.sh uses it
+# OUT_DIR gets sftok-prep, sftok-train, sftok-eval, libjpeg.so.62 and ../shared/bench's
+# bench_train_py.py (the PyTorch side of the training table); tools/gpu-check.sh uses it
 # when present. Downloads and the build tree live in ${SFTOK_CACHE:-~/.cache/sftok}.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,4 +70,7 @@ for b in sftok-prep sftok-train sftok-eval; do
 done
 jpeg=$(ldconfig -p | awk '/libjpeg\.so\.62 .*x86-64/ {print $NF; exit}')
 [ -n "$jpeg" ] && cp -L "$jpeg" "$out/libjpeg.so.62"
+# The PyTorch side of gpu-check.sh's training table (it needs only torch there).
+bench="${SFTOK_BENCH_DIR:-$root/../shared/bench}"
+[ -f "$bench/bench_train_py.py" ] && cp "$bench/bench_train_py.py" "$out/"
 echo "gpu-build.sh: $(du -sh "$out" | cut -f1) in $out (carry it: run(carry=[\"gpu-bin\"]) then tools/gpu-check.sh)"

@@ -3,7 +3,8 @@
 # The binaries: gpu-bin/ when present (tools/gpu-build.sh makes it on the development machine for
 # the GPU machine's PyTorch 2.11; carry it along), else a build here (needs Rust and libtorch 2.13).
 # On a machine without CUDA it says so and exits 0.
-#   tools/gpu-check.sh            # doctor + teacher throughput + SFTok-B recon + training step rate + generator train/sample
+#   tools/gpu-check.sh            # doctor + teacher throughput + SFTok-B recon + training step rate next to PyTorch
+#                                 # (SFTok-B/-L stages 1-2, fp16 and bf16, MFU; stage 3) + generator train/sample
 #                                 # + NCCL all-reduce (1 process; all GPUs when there are more) + a 2-GPU stage-1 run
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,13 +77,108 @@ if timed "$bin/sftok-eval" recon --checkpoint "$work/sftok-b" --device cuda:0 --
 else
   add "SFTok-B recon (GPU)" "FAIL" "$(tail -1 "$work/last.log")"
 fi
-if timed "$bin/sftok-train" stage1 --config configs/sftok_b64_stage1.yaml --device cuda:0 --teacher random:0 --resume never \
-     experiment.output_dir="$work/train_b" dataset.params.train_shards_path_or_url="$work/shards/train" \
-     dataset.params.train_proxy_codes_path= training.per_gpu_batch_size=32 training.max_train_steps=30 experiment.log_every=10; then
-  add "SFTok-B stage-1 train, batch 32" "ok" "$(grep '^step 30/' "$work/last.log" | grep -o '[0-9.]* img/s')"
+# The training step next to PyTorch on this GPU (bench_train_py.py: the reference's step in plain
+# PyTorch), same size, stage and per-GPU batch (32, the reference's): PyTorch in the reference's
+# mode (fp16 autocast + GradScaler, teacher on the fly) and in its best plain form (bf16, direct
+# SDPA, fused AdamW, foreach EMA, precomputed codes), sftok with precomputed codes (the Parquet
+# store made above) in fp16 and in bf16. Each run: 3 warm-up steps, then the median of 10; sftok is
+# stopped there (kill: no final checkpoint of several GB). Peak memory: nvidia-smi's maximum during
+# the run, the same measure for both sides (CUDA context and allocator cache included). MFU: the
+# tokenizer's model FLOPs per image (forward + backward of encoder and decoder, stage 2 also the
+# guidance decode; the teacher not counted), the same for both sides, over 790 TFLOP/s (H200, bf16
+# dense). The issue's goals: sftok fp16 ≥ 1.2× the reference mode, sftok bf16 ≥ 1.0× PyTorch's best.
+bench_py=""
+for d in "$bin" "$root/../shared/bench"; do [ -z "$bench_py" ] && [ -f "$d/bench_train_py.py" ] && bench_py="$d/bench_train_py.py"; done
+gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
+watch_peak() { # $1 = pid, $2 = stop when this file has this many lines ("" = run to the end) → prints peak MiB
+  local peak=0 m
+  while kill -0 "$1" 2>/dev/null; do
+    m=$(gpu_mem); [ "$m" -gt "$peak" ] && peak=$m
+    if [ -n "$2" ] && [ "$(wc -l < "${2% *}" 2>/dev/null || echo 0)" -ge "${2#* }" ]; then kill -9 "$1" 2>/dev/null; break; fi
+    sleep 0.5
+  done
+  wait "$1" 2>/dev/null
+  echo "$peak"
+}
+flops_per_image() { # $1 = B|L, $2 = stage → GFLOP of one image's training step (analytic)
+  python3 - "$1" "$2" <<'PY'
+import sys
+size, stage = sys.argv[1], int(sys.argv[2])
+T = 1 + 256 + 64  # class token, 256 patches (256 px / 16), 64 latent tokens; the decoder: 256 mask rows + 64 + 1
+block = lambda w: 24 * T * w * w + 4 * T * T * w  # qkv + out + 4x MLP matmuls, q·kᵀ and p·v, per layer
+enc = 12 * block(768) + 2 * 256 * (3 * 16 * 16) * 768
+wd, dd = {"B": (768, 12), "L": (1024, 24)}[size]
+dec = dd * block(wd) + 2 * 256 * wd * 1024  # + the proxy-code head
+print((3 * (enc + dec) + (dec if stage == 2 else 0)) / 1e9)
+PY
+}
+py_rate() { # $1 size, $2 stage, $3 precision, $4 teacher, extra flags… → "img/s peak_MiB"
+  local size=$1 stage=$2 prec=$3 teacher=$4; shift 4
+  python3 "$bench_py" --size "$size" --stage "$stage" --device cuda --batch 32 --steps 10 --warmup 3 --precision "$prec" --teacher "$teacher" "$@" \
+    > "$work/py.log" 2>&1 &
+  local peak; peak=$(watch_peak $! "")
+  local ips; ips=$(grep '^RESULT train_py' "$work/py.log" | tail -1 | grep -o 'images_per_s=[0-9.]*' | cut -d= -f2)
+  echo "${ips:-FAIL} $peak"
+}
+rs_rate() { # $1 size, $2 stage, $3 precision → "img/s peak_MiB"
+  local size=$1 stage=$2 prec=$3 out="$work/rs_train"
+  local lower; lower=$(echo "$size" | tr 'BL' 'bl')
+  rm -rf "$out"
+  "$bin/sftok-train" "stage$stage" --config "configs/sftok_${lower}64_stage$stage.yaml" --device cuda:0 --teacher random:0 --resume never \
+    experiment.output_dir="$out" experiment.init_weight= dataset.params.train_shards_path_or_url="$work/shards/train" \
+    dataset.params.train_proxy_codes_path="$work/codes_gpu" training.per_gpu_batch_size=32 training.max_train_steps=100000 \
+    training.mixed_precision="$prec" experiment.save_every=1000000 experiment.generate_every=0 experiment.eval_every=0 \
+    experiment.log_every=1000000 > "$work/rs.log" 2>&1 &
+  local peak; peak=$(watch_peak $! "$out/metrics.jsonl 13")
+  local ips; ips=$(python3 -c "
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][3:13]
+print(statistics.median(r['samples/sec'] for r in rows) if len(rows) == 10 else 'FAIL')" "$out/metrics.jsonl" 2>/dev/null)
+  # The first step's attention kernels, as the trainer logged them (model/src/attention.rs).
+  grep -o 'attention kernels.*' "$work/rs.log" | head -1 > "$work/attn.txt"
+  rm -rf "$out"
+  echo "${ips:-FAIL} $peak"
+}
+train_rows=()
+if [ -z "$bench_py" ]; then
+  add "training vs PyTorch" "skip" "no bench_train_py.py (tools/gpu-build.sh stages it in gpu-bin/)"
 else
-  add "SFTok-B stage-1 train (GPU)" "FAIL" "$(tail -2 "$work/last.log" | paste -sd ';')"
+  for run in "B 1" "B 2" "L 1" "L 2"; do
+    set -- $run
+    gf=$(flops_per_image "$1" "$2")
+    read -r ref ref_mem <<< "$(py_rate "$1" "$2" fp16 on-the-fly)"
+    read -r best best_mem <<< "$(py_rate "$1" "$2" bf16 precomputed --sdpa --fused-adamw --ema-foreach)"
+    read -r ours16 ours16_mem <<< "$(rs_rate "$1" "$2" fp16)"
+    [ "$1$2" = B1 ] && add "attention kernels (SFTok-B, fp16)" "info" "$(cat "$work/attn.txt")"
+    read -r ours bf_mem <<< "$(rs_rate "$1" "$2" bf16)"
+    train_rows+=("$(python3 - "$1" "$2" "$gf" "$ref" "$ref_mem" "$best" "$best_mem" "$ours16" "$ours16_mem" "$ours" "$bf_mem" <<'PY'
+import sys
+size, stage, gf = sys.argv[1], sys.argv[2], float(sys.argv[3])
+vals = sys.argv[4:]
+def num(x):
+    try: return float(x)
+    except ValueError: return None
+ref, best, o16, obf = (num(vals[i]) for i in (0, 2, 4, 6))
+mems = [vals[i] for i in (1, 3, 5, 7)]
+mfu = lambda ips: f"{100 * ips * gf * 1e9 / 790e12:5.1f}%" if ips else "  -  "
+fmt = lambda ips: f"{ips:8.1f}" if ips else "    FAIL"
+ratio = lambda a, b: f"{a / b:5.2f}x" if a and b else "   - "
+print(f"SFTok-{size} stage {stage}  {fmt(ref)} {fmt(best)} {fmt(o16)} {fmt(obf)}   {ratio(o16, ref)} {ratio(obf, best)}   "
+      f"MFU {mfu(ref)} {mfu(best)} {mfu(o16)} {mfu(obf)}   peak MiB {'/'.join(mems)}   {gf:.0f} GFLOP/img")
+PY
+)")
+  done
 fi
+# Stage 3 (ours only: bench_train_py.py covers stages 1 and 2) at its reference batch, fp16.
+if timed "$bin/sftok-train" stage3 --config configs/sftok_b64_stage3.yaml --device cuda:0 --teacher random:0 --resume never \
+     --vgg16-weights random:1 --lpips-weights random:2 --dino-weights random:3 experiment.output_dir="$work/train_s3" experiment.init_weight= \
+     dataset.params.train_shards_path_or_url="$work/shards/train" dataset.params.train_proxy_codes_path="$work/codes_gpu" \
+     training.max_train_steps=20 experiment.log_every=10 experiment.generate_every=0 experiment.eval_every=0 losses.discriminator_start=0; then
+  add "SFTok-B stage-3 train, batch 8 (fp16)" "ok" "$(grep '^step 20/' "$work/last.log" | grep -o '[0-9.]* img/s')"
+else
+  add "SFTok-B stage-3 train (GPU)" "FAIL" "$(tail -2 "$work/last.log" | paste -sd ';')"
+fi
+rm -rf "$work/train_s3"
 # The MaskGIT generator (ImageBert, 183.5M parameters) on SFTok-B's tokens computed on the fly, in
 # its reference precision (bf16 autocast through model/csrc/sftok_autocast.cpp), then sampling.
 if timed "$bin/sftok-train" generator --config configs/sftok_maskgit.yaml --device cuda:0 --tokenizer "$work/sftok-b" --resume never \
@@ -124,3 +220,7 @@ add "GPU memory after runs" "info" "$(nvidia-smi --query-gpu=memory.used --forma
 
 printf '\n%-34s %-6s %s\n' "check" "result" "details"
 printf '%s\n' "${rows[@]}"
+if [ "${#train_rows[@]}" -gt 0 ]; then
+  printf '\ntraining, batch 32, img/s:   PyTorch ref-mode(fp16)  PyTorch best(bf16)  sftok fp16  sftok bf16   vs ref  vs best   MFU (same order)   peak MiB (same order)\n'
+  printf '%s\n' "${train_rows[@]}"
+fi

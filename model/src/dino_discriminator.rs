@@ -107,10 +107,15 @@ impl Block {
         let h = x.layer_norm([c], Some(&self.norm1_w), Some(&self.norm1_b), LN_EPS, true);
         let qkv = h.linear(&self.qkv_w, Some(&self.qkv_b)).view([b, l, 3, NUM_HEADS, hd]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2)); // [B, H, L, hd]
-        // The reference's CPU path (`slow_attn`): softmax((q·scale) @ kᵀ) @ v.
+        // The reference's two paths: on CUDA F.scaled_dot_product_attention, on the CPU its
+        // fallback `slow_attn`, softmax((q·scale) @ kᵀ) @ v (the fixture's numbers).
         let scale = 1.0 / (hd as f64).sqrt();
-        let attn = (q * scale).matmul(&k.transpose(-2, -1)).softmax(-1, None::<Kind>);
-        let o = attn.matmul(&v).transpose(1, 2).reshape([b, l, c]).linear(&self.proj_w, Some(&self.proj_b));
+        let o = if x.device().is_cuda() {
+            crate::attention::sdpa("dino discriminator", &q, &k, &v, 0.0, Some(scale))
+        } else {
+            crate::attention::explicit(&q, &k, &v, scale)
+        };
+        let o = o.transpose(1, 2).reshape([b, l, c]).linear(&self.proj_w, Some(&self.proj_b));
         let x = x + o;
         let h = x.layer_norm([c], Some(&self.norm2_w), Some(&self.norm2_b), LN_EPS, true);
         let h = h.linear(&self.fc1_w, Some(&self.fc1_b)).gelu("tanh").linear(&self.fc2_w, Some(&self.fc2_b));

@@ -126,7 +126,7 @@ impl BertLayer {
         let (q, k, v) = (heads(self.query.forward(h)), heads(self.key.forward(h)), heads(self.value.forward(h)));
         // softmax(q kᵀ / √hd) v with dropout on the probabilities (SDPA, as transformers' "sdpa").
         let p = if train { c.attn_drop } else { 0.0 };
-        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p, false, None, false);
+        let a = crate::attention::sdpa("generator", &q, &k, &v, p, None);
         let a = a.transpose(1, 2).reshape([b, l, w]);
         let h = self.attn_ln.forward(&(self.attn_out.forward(&a).dropout(c.dropout, train) + h));
         let m = self.intermediate.forward(&h).gelu("none"); // exact (erf) GELU

@@ -1,5 +1,6 @@
 //! sftok's tensor side (tch): models, checkpoint I/O, training and evaluation.
 
+pub mod attention;
 pub mod autocast;
 pub mod checkpoint;
 pub mod config;

@@ -97,7 +97,7 @@ impl MultiStepDecoder {
             ),
             learnable_embedding_positional_embedding: randn("learnable_embedding_positional_embedding", &[cfg.num_proxy_codes + 1, w]),
             ln_pre: nn::layer_norm(&p / "ln_pre", vec![w], Default::default()),
-            transformer: (0..cfg.num_layers).map(|i| ResidualAttentionBlock::new(&p / "transformer" / i, w, cfg.num_heads)).collect(),
+            transformer: (0..cfg.num_layers).map(|i| ResidualAttentionBlock::new(&p / "transformer" / i, w, cfg.num_heads, "sftok decoder")).collect(),
             ln_post: nn::layer_norm(&p / "ln_post", vec![w], Default::default()),
             ffn0: conv1("0", w, 2 * w),
             ffn2: conv1("2", 2 * w, cfg.vocab_size),

@@ -44,7 +44,7 @@ impl TiTokEncoder {
             positional_embedding: randn("positional_embedding", &[grid * grid + 1, w]),
             latent_token_positional_embedding: randn("latent_token_positional_embedding", &[cfg.num_latent_tokens, w]),
             ln_pre: nn::layer_norm(&p / "ln_pre", vec![w], Default::default()),
-            transformer: (0..cfg.num_layers).map(|i| ResidualAttentionBlock::new(&p / "transformer" / i, w, cfg.num_heads)).collect(),
+            transformer: (0..cfg.num_layers).map(|i| ResidualAttentionBlock::new(&p / "transformer" / i, w, cfg.num_heads, "sftok encoder")).collect(),
             ln_post: nn::layer_norm(&p / "ln_post", vec![w], Default::default()),
             conv_out: conv("conv_out", w, cfg.token_size, 1),
             cfg: cfg.clone(),

@@ -4,7 +4,8 @@
 //! `attn.in_proj_bias`, `attn.out_proj.{weight,bias}`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`.
 //!
 //! The reference runs sequence-first [L, B, W]; we run batch-first [B, L, W] (a layout convention
-//! only). Attention uses libtorch's scaled_dot_product_attention as PyTorch's MHA does.
+//! only). Attention uses libtorch's scaled_dot_product_attention as PyTorch's MHA does
+//! ([`crate::attention::sdpa`], under the block's `site` name).
 //!
 //! The encoder keeps only its latent tokens' rows after the last block, and the decoder only its
 //! proxy-code rows; [`run_blocks`] computes the last block's queries, attention output and MLP for
@@ -25,10 +26,12 @@ pub struct ResidualAttentionBlock {
     c_fc: nn::Linear,
     c_proj: nn::Linear,
     n_head: i64,
+    /// Which network this block belongs to, for [`crate::attention::probe`].
+    site: &'static str,
 }
 
 impl ResidualAttentionBlock {
-    pub fn new(p: nn::Path, width: i64, n_head: i64) -> Self {
+    pub fn new(p: nn::Path, width: i64, n_head: i64, site: &'static str) -> Self {
         let attn = &p / "attn";
         let mlp = &p / "mlp";
         let bound = (6.0 / (width + 3 * width) as f64).sqrt(); // PyTorch's Xavier-uniform for in_proj
@@ -41,6 +44,7 @@ impl ResidualAttentionBlock {
             c_fc: nn::linear(&mlp / "c_fc", width, 4 * width, Default::default()),
             c_proj: nn::linear(&mlp / "c_proj", 4 * width, width, Default::default()),
             n_head,
+            site,
         }
     }
 }
@@ -57,7 +61,7 @@ impl ResidualAttentionBlock {
     fn attend_then_mlp(&self, x: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (b, len, w) = x.size3().expect("[B, len, W]");
         let (q, k, v) = (self.heads(q), self.heads(k), self.heads(v));
-        let a = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let a = crate::attention::sdpa(self.site, &q, &k, &v, 0.0, None);
         let x = x + self.out_proj.forward(&a.transpose(1, 2).reshape([b, len, w]));
         let h = self.c_fc.forward(&self.ln_2.forward(&x)).gelu("none"); // exact (erf) GELU
         &x + self.c_proj.forward(&h)
@@ -104,7 +108,7 @@ mod tests {
     fn forward_rows_is_the_full_block_at_those_rows() {
         tch::manual_seed(11);
         let vs = nn::VarStore::new(Device::Cpu);
-        let blocks: Vec<ResidualAttentionBlock> = (0..2).map(|i| ResidualAttentionBlock::new(vs.root() / i, 32, 4)).collect();
+        let blocks: Vec<ResidualAttentionBlock> = (0..2).map(|i| ResidualAttentionBlock::new(vs.root() / i, 32, 4, "test")).collect();
         let x = Tensor::randn([3, 11, 32], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let (start, len) = (7, 4);
         let full = blocks.iter().fold(x.shallow_clone(), |t, b| b.forward(&t)).narrow(1, start, len);

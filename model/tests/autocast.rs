@@ -34,7 +34,7 @@ fn autocast_scopes_cast_matmuls_to_bf16_and_float32_islands_stay_float32() {
     // A transformer block (linear, SDPA, GELU, LayerNorm) computes in bf16 under the scope: the
     // residual sum with the float32 input comes out float32, with bf16's rounding in it.
     let vs = tch::nn::VarStore::new(cpu);
-    let block = sftok_model::transformer::ResidualAttentionBlock::new(vs.root(), 64, 4);
+    let block = sftok_model::transformer::ResidualAttentionBlock::new(vs.root(), 64, 4, "test");
     let x = Tensor::randn([2, 5, 64], (Kind::Float, cpu));
     use tch::nn::Module;
     let (full, low) = (block.forward(&x), autocast(cpu, AutocastDtype::BFloat16, || block.forward(&x)));

@@ -170,6 +170,9 @@ fn stage1_overfits_a_fixed_batch_then_stage2_starts_from_its_ema_and_improves() 
     train(TrainJob::Stage2, cfg2, Some(s1.join("ema_model")), false, batch).unwrap();
     let log = std::fs::read_to_string(s2.join("log.txt")).unwrap();
     assert!(log.contains("initialised from") && log.contains("ema_model"), "{log}");
+    // The first step names the attention kernels of both networks (attention::probe).
+    let kernels = log.lines().find(|l| l.contains("attention kernels (first step's forward): ")).unwrap_or_else(|| panic!("{log}"));
+    assert!(kernels.contains("sftok decoder: ") && kernels.contains("sftok encoder: ") && kernels.contains("(Float)"), "{kernels}");
     let l2 = losses(&s2, "train/total_loss");
     let (first, last) = (l2[..5].iter().sum::<f64>() / 5.0, l2[l2.len() - 5..].iter().sum::<f64>() / 5.0);
     eprintln!("stage 2: loss {first:.3} → {last:.3}");

@@ -186,6 +186,7 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
     let mut last_loss = f64::NAN;
     let mut preview_unavailable_logged = false;
     let mut interrupted = false;
+    let mut probe_attention = true; // the run's first micro-step logs its attention kernels
 
     while st.global_step < t.max_train_steps {
         let batch = stream.next_batch()?;
@@ -207,7 +208,15 @@ pub fn fit(task: &mut impl Task, opts: FitOptions, data: DataFactory) -> Result<
         // 1. One micro-batch through the task.
         tch::manual_seed(micro_step_seed(st.seed + rank as u64, st.micro_step));
         let ctx = StepContext { device: opts.device, precision, global_step: st.global_step, micro_step: st.micro_step, dist: dist.clone() };
-        let step_out = task.step(&batch, &ctx)?;
+        let step_out = if std::mem::take(&mut probe_attention) {
+            let (out, uses) = crate::attention::probe(|| task.step(&batch, &ctx));
+            if !uses.is_empty() {
+                log.line(&format!("attention kernels (first step's forward): {}", crate::attention::describe(&uses)));
+            }
+            out?
+        } else {
+            task.step(&batch, &ctx)?
+        };
         window.1 += batch.len() as u64;
         stream.recycle(batch);
         st.micro_step += 1;
