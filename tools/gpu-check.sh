@@ -90,11 +90,11 @@ fi
 bench_py=""
 for d in "$bin" "$root/../shared/bench"; do [ -z "$bench_py" ] && [ -f "$d/bench_train_py.py" ] && bench_py="$d/bench_train_py.py"; done
 gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
-watch_peak() { # $1 = pid, $2 = stop when this file has this many lines ("" = run to the end) → prints peak MiB
+watch_peak() { # $1 = pid [, $2 = file, $3 = lines: kill the process once the file has that many] → peak MiB
   local peak=0 m
   while kill -0 "$1" 2>/dev/null; do
     m=$(gpu_mem); [ "$m" -gt "$peak" ] && peak=$m
-    if [ -n "$2" ] && [ "$(wc -l < "${2% *}" 2>/dev/null || echo 0)" -ge "${2#* }" ]; then kill -9 "$1" 2>/dev/null; break; fi
+    if [ $# -eq 3 ] && [ "$(wc -l < "$2" 2>/dev/null || echo 0)" -ge "$3" ]; then kill -9 "$1" 2>/dev/null; break; fi
     sleep 0.5
   done
   wait "$1" 2>/dev/null
@@ -116,7 +116,7 @@ py_rate() { # $1 size, $2 stage, $3 precision, $4 teacher, extra flags… → "i
   local size=$1 stage=$2 prec=$3 teacher=$4; shift 4
   python3 "$bench_py" --size "$size" --stage "$stage" --device cuda --batch 32 --steps 10 --warmup 3 --precision "$prec" --teacher "$teacher" "$@" \
     > "$work/py.log" 2>&1 &
-  local peak; peak=$(watch_peak $! "")
+  local peak; peak=$(watch_peak $!)
   local ips; ips=$(grep '^RESULT train_py' "$work/py.log" | tail -1 | grep -o 'images_per_s=[0-9.]*' | cut -d= -f2)
   echo "${ips:-FAIL} $peak"
 }
@@ -129,7 +129,7 @@ rs_rate() { # $1 size, $2 stage, $3 precision → "img/s peak_MiB"
     dataset.params.train_proxy_codes_path="$work/codes_gpu" training.per_gpu_batch_size=32 training.max_train_steps=100000 \
     training.mixed_precision="$prec" experiment.save_every=1000000 experiment.generate_every=0 experiment.eval_every=0 \
     experiment.log_every=1000000 > "$work/rs.log" 2>&1 &
-  local peak; peak=$(watch_peak $! "$out/metrics.jsonl 13")
+  local peak; peak=$(watch_peak $! "$out/metrics.jsonl" 13)
   local ips; ips=$(python3 -c "
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])][3:13]
@@ -144,14 +144,14 @@ if [ -z "$bench_py" ]; then
   add "training vs PyTorch" "skip" "no bench_train_py.py (tools/gpu-build.sh stages it in gpu-bin/)"
 else
   for run in "B 1" "B 2" "L 1" "L 2"; do
-    set -- $run
-    gf=$(flops_per_image "$1" "$2")
-    read -r ref ref_mem <<< "$(py_rate "$1" "$2" fp16 on-the-fly)"
-    read -r best best_mem <<< "$(py_rate "$1" "$2" bf16 precomputed --sdpa --fused-adamw --ema-foreach)"
-    read -r ours16 ours16_mem <<< "$(rs_rate "$1" "$2" fp16)"
-    [ "$1$2" = B1 ] && add "attention kernels (SFTok-B, fp16)" "info" "$(cat "$work/attn.txt")"
-    read -r ours bf_mem <<< "$(rs_rate "$1" "$2" bf16)"
-    train_rows+=("$(python3 - "$1" "$2" "$gf" "$ref" "$ref_mem" "$best" "$best_mem" "$ours16" "$ours16_mem" "$ours" "$bf_mem" <<'PY'
+    read -r size stage <<< "$run"
+    gf=$(flops_per_image "$size" "$stage")
+    read -r ref ref_mem <<< "$(py_rate "$size" "$stage" fp16 on-the-fly)"
+    read -r best best_mem <<< "$(py_rate "$size" "$stage" bf16 precomputed --sdpa --fused-adamw --ema-foreach)"
+    read -r ours16 ours16_mem <<< "$(rs_rate "$size" "$stage" fp16)"
+    [ "$size$stage" = B1 ] && add "attention kernels (SFTok-B, fp16)" "info" "$(cat "$work/attn.txt")"
+    read -r ours bf_mem <<< "$(rs_rate "$size" "$stage" bf16)"
+    train_rows+=("$(python3 - "$size" "$stage" "$gf" "$ref" "$ref_mem" "$best" "$best_mem" "$ours16" "$ours16_mem" "$ours" "$bf_mem" <<'PY'
 import sys
 size, stage, gf = sys.argv[1], sys.argv[2], float(sys.argv[3])
 vals = sys.argv[4:]

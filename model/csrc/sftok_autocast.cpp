@@ -67,8 +67,7 @@ int sftok_autocast_exit(int device, int was_enabled) {
   }
 }
 
-// The dtype autocast uses on `device` now: 0 bf16, 1 fp16, 2 other; -1 on error (tests).
-// 1 when autocast is on for `device` now, 0 when off.
+// 1 when autocast is on for `device` now, 0 when off; -1 on error.
 int sftok_autocast_enabled(int device) {
   try {
     return at::autocast::is_autocast_enabled(device_type(device)) ? 1 : 0;
@@ -77,6 +76,7 @@ int sftok_autocast_enabled(int device) {
   }
 }
 
+// The dtype autocast uses on `device` now: 0 bf16, 1 fp16, 2 other; -1 on error (tests).
 int sftok_autocast_dtype(int device) {
   try {
     const auto t = at::autocast::get_autocast_dtype(device_type(device));

@@ -197,10 +197,8 @@ impl SFTok {
     /// Self-forcing guidance: a second encode and an all-masked decoder pass, no gradient →
     /// logits [B, L, V] of the first-step prediction.
     pub fn generate_guided_mask(&self, x: &Tensor, proxy_codes: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            let (z_q, _) = self.encode(x);
-            self.guidance_logits(&z_q, proxy_codes)
-        })
+        let (z_q, _) = tch::no_grad(|| self.encode(x));
+        self.guidance_logits(&z_q, proxy_codes)
     }
 
     /// The all-masked decoder pass of the guidance on a given z_q, without gradient.
